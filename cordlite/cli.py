@@ -339,6 +339,11 @@ from data_tools.cli import data as data_group  # noqa: E402
 
 main.add_command(data_group)
 
+# `cordlite testbed build|eval`: cordlite.testbed.cli imports only click at module level.
+from cordlite.testbed.cli import testbed as testbed_group  # noqa: E402
+
+main.add_command(testbed_group)
+
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,8 @@ makes it a good source of spoken questions for small recipes and tests. Two back
 
 Both return float32 mono audio at the engine's native rate (22050 Hz);
 ``synthesize_16k`` converts to cordlite's 16 kHz, loudness-normalised format.
+``synthesize_16k_with_words`` (library backend only) also returns when each word starts, from
+espeak's own word events: a forced alignment for free.
 """
 
 from __future__ import annotations
@@ -89,6 +91,23 @@ _ENDPAUSE = 0x1000  # the executable adds the sentence-final pause too; keeps ba
 _PARAM_RATE = 1
 _PARAM_PITCH = 3
 _ERROR_NAMES = {-1: "EE_INTERNAL_ERROR", 1: "EE_BUFFER_FULL", 2: "EE_NOT_FOUND"}
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT from speak_lib.h (the trailing union `id` is 8 bytes)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based character position in the text
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # ms
+        ("sample", ctypes.c_int),  # sample index in the output at the native rate
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),
+    ]
 
 
 
@@ -169,40 +188,62 @@ class _EspeakLibrary:
         self._lib = lib
         self._lock = threading.Lock()
         self._chunks: list[np.ndarray] = []
+        self._words: list[tuple[int, int, int]] | None = None  # (char start, length, sample) while recording
         # Keep a reference: ctypes frees the C thunk when the Python object is collected.
         self._callback = _SynthCallback(self._on_audio)
         lib.espeak_SetSynthCallback(self._callback)
 
-    def _on_audio(self, wav: ctypes._Pointer, n_samples: int, _events: int) -> int:
+    def _on_audio(self, wav: ctypes._Pointer, n_samples: int, events: int) -> int:
         # Called from inside espeak_Synth (same thread, lock held); wav is only valid
         # during the call, so copy. A NULL wav marks the end of the utterance.
         if wav and n_samples > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n_samples,)).copy())
+        if events and self._words is not None:
+            event = ctypes.cast(events, ctypes.POINTER(_Event))
+            i = 0
+            while event[i].type != _EVENT_LIST_TERMINATED:
+                if event[i].type == _EVENT_WORD:
+                    self._words.append((event[i].text_position - 1, event[i].length, event[i].sample))
+                i += 1
         return 0  # non-zero would abort synthesis
+
+    def synthesize_with_words(self, text: str, voice: Voice) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+        """PCM and the (char start, char length, start sample) of every word espeak spoke."""
+        with self._lock:
+            self._words = []
+            try:
+                pcm = self._synthesize_locked(text, voice)
+                words = self._words
+            finally:
+                self._words = None
+        return pcm, words
 
     def synthesize(self, text: str, voice: Voice) -> np.ndarray:
         with self._lock:
-            rc = self._lib.espeak_SetVoiceByName(voice.name.encode())
-            if rc != 0:
-                # Names such as "en-gb" are languages, not voice names; the executable
-                # retries them as a language lookup, and so must we to pick the same voice.
-                # Side effect (in both backends): "no-such-voice" matches Norwegian ("no").
-                spec = _VoiceSpec(languages=voice.name.encode())
-                rc = self._lib.espeak_SetVoiceByProperties(ctypes.byref(spec))
-            if rc != 0:
-                raise RuntimeError(
-                    f"espeak library: voice {voice.name!r} not available "
-                    f"({_ERROR_NAMES.get(rc, rc)}); pick one of {list(ENGLISH_VOICES)}"
-                )
-            # Set after the voice: selecting a voice may reset prosody parameters.
-            self._lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
-            self._lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
-            self._chunks = []
-            data = text.encode("utf-8") + b"\0"
-            rc = self._lib.espeak_Synth(
-                data, len(data), 0, _POS_CHARACTER, 0, _CHARS_AUTO | _ENDPAUSE, None, None
+            return self._synthesize_locked(text, voice)
+
+    def _synthesize_locked(self, text: str, voice: Voice) -> np.ndarray:
+        rc = self._lib.espeak_SetVoiceByName(voice.name.encode())
+        if rc != 0:
+            # Names such as "en-gb" are languages, not voice names; the executable
+            # retries them as a language lookup, and so must we to pick the same voice.
+            # Side effect (in both backends): "no-such-voice" matches Norwegian ("no").
+            spec = _VoiceSpec(languages=voice.name.encode())
+            rc = self._lib.espeak_SetVoiceByProperties(ctypes.byref(spec))
+        if rc != 0:
+            raise RuntimeError(
+                f"espeak library: voice {voice.name!r} not available "
+                f"({_ERROR_NAMES.get(rc, rc)}); pick one of {list(ENGLISH_VOICES)}"
             )
-            chunks, self._chunks = self._chunks, []
+        # Set after the voice: selecting a voice may reset prosody parameters.
+        self._lib.espeak_SetParameter(_PARAM_RATE, voice.rate, 0)
+        self._lib.espeak_SetParameter(_PARAM_PITCH, voice.pitch, 0)
+        self._chunks = []
+        data = text.encode("utf-8") + b"\0"
+        rc = self._lib.espeak_Synth(
+            data, len(data), 0, _POS_CHARACTER, 0, _CHARS_AUTO | _ENDPAUSE, None, None
+        )
+        chunks, self._chunks = self._chunks, []
         if rc != 0:
             raise RuntimeError(
                 f"espeak library: espeak_Synth failed ({_ERROR_NAMES.get(rc, rc)}) "
@@ -265,6 +306,22 @@ class EspeakTTS:
         """Speak ``text`` as cordlite input audio: 16 kHz float32 mono, loudness-normalised."""
         audio, sr = self.synthesize(text, voice)
         return loudness_normalize(resample(audio, sr, SAMPLE_RATE))
+
+    def synthesize_16k_with_words(self, text: str, voice: Voice = Voice()) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+        """``synthesize_16k`` plus (char start, char length, start in seconds) of every word.
+
+        Library backend only: the executable does not report word positions."""
+        if self._lib is None:
+            raise RuntimeError("word timings need the espeak library backend; use EspeakTTS('library') "
+                               "(pip install espeakng-loader)")
+        if not text or not text.strip():
+            raise ValueError("espeak: text to synthesise is empty; pass a non-blank string")
+        pcm, words = self._lib.synthesize_with_words(text, voice)
+        if pcm.size == 0:
+            raise RuntimeError(f"espeak (library) produced no audio for {text[:60]!r} with voice {voice.label}")
+        sr = self._lib.sample_rate
+        audio = loudness_normalize(resample(pcm.astype(np.float32) / np.float32(32768.0), sr, SAMPLE_RATE))
+        return audio, [(start, length, sample / sr) for start, length, sample in words]
 
     def _run_binary(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:
         assert self._exe is not None

@@ -103,7 +103,7 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
     metric = evaluate()
     history.append({"step": 0, "metric": metric, "seconds": 0.0})
     if progress:
-        print(f"  [{label}] step 0: metric {metric:.3f} (target {cfg.target})", file=sys.stderr)
+        print(f"  [{label}] step 0: metric {metric:.3f} (target {cfg.target})", file=sys.stderr, flush=True)
     step, running = 0, []
     while metric < cfg.target and step < cfg.max_steps:
         indices = batch_indices(n_examples, cfg.batch_size, step, cfg.seed)
@@ -119,12 +119,14 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
         running.append(stats)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             metric = evaluate()
-            mean = {k: sum(s[k] for s in running) / len(running) for k in running[0]}
+            keys = {k for s in running for k in s}
+            mean = {k: sum(s[k] for s in running if k in s) / sum(k in s for s in running) for k in sorted(keys)}
             running = []
             row = {"step": step, "metric": metric, "seconds": round(time.perf_counter() - t0, 1),
                    **{f"train_{k}": round(v, 4) for k, v in mean.items()}}
             history.append(row)
             if progress:
-                print(f"  [{label}] step {step}: metric {metric:.3f} (target {cfg.target}), train loss "
-                      f"{mean.get('loss', float('nan')):.3f}, {row['seconds']:.0f} s", file=sys.stderr)
+                losses = ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k in ("loss", "transcript"))
+                print(f"  [{label}] step {step}: metric {metric:.3f} (target {cfg.target}), train {losses}, "
+                      f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
     return FitResult(step, metric >= cfg.target, metric, time.perf_counter() - t0, history)

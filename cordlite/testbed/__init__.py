@@ -1,0 +1,8 @@
+"""The laptop testbed: a miniature Qwen2-Audio, trained here, with a real audio-text gap.
+
+    cordlite testbed build cache/testbed        # data, text model, audio alignment, base eval
+    cordlite train recipes/testbed_cord.yaml    # CORD on it
+    cordlite testbed eval cache/testbed --adapter runs/testbed_cord/adapter
+
+See docs/testbed.md for the design and the measured figures.
+"""

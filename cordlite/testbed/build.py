@@ -1,0 +1,285 @@
+"""Build the laptop testbed: a miniature Qwen2-Audio, trained here, with a real audio-text gap.
+
+    cordlite testbed build OUT_DIR [--threads 2] [--workers 2] [--toy]
+
+Stages, in order; each writes its artefact atomically and is skipped when the artefact's
+marker (testbed_stage.json, written last) holds the same fingerprint. A fingerprint covers the
+stage's settings and its inputs' fingerprints, so a change anywhere rebuilds from there on.
+
+  data   OUT/data/{train,cord,val,test}.jsonl, audio/   the task's splits, voiced with espeak-ng
+  init   OUT/init/         random-init Qwen2-Audio (real classes, tiny config) + testbed tokenizer
+  text   OUT/text_model/   its language model trained on the text view until val exact match
+                           reaches the text target: a good but imperfect teacher
+  align  OUT/model/        + the audio encoder and projector aligned, LM frozen, until val exact
+                           match reaches the (lower) audio target: THE testbed checkpoint,
+                           model.name_or_path of recipes/testbed_cord.yaml
+  eval   OUT/eval/base_{val,test}.json   greedy text-view and audio-view accuracy, the gap
+OUT/build.json records every stage (fingerprint, seconds, metrics) and the machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cordlite.testbed.fit import FitConfig
+from cordlite.testbed.task import SPLIT_VOICES, TaskSpec, fingerprint, make_splits, spec_dict
+from cordlite.tiny_model import TinySpec
+
+MARKER = "testbed_stage.json"
+STAGES = ("data", "init", "text", "align", "eval")
+_FORMAT = 1  # bump when a stage's output changes meaning without a settings change
+
+# The language model is small on purpose (0.26M parameters): it learns the task in about a
+# thousand steps on one CPU core. The audio encoder is Whisper-shaped (128 mel bins, sinusoidal
+# positions, stride-2 conv, average pooling to 25 frames per second) as in Qwen2-Audio.
+TESTBED_MODEL = TinySpec(vocab_size=768, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=2, num_key_value_heads=2, audio_d_model=64, audio_layers=2,
+                         audio_heads=4, audio_ffn_dim=128, num_mel_bins=128, chunk_length_s=10, seed=0)
+
+
+@dataclass(frozen=True)
+class TestbedConfig:
+    """Everything that decides what the build makes (threads and workers only decide how fast)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    task: TaskSpec = field(default_factory=TaskSpec)
+    model: TinySpec = TESTBED_MODEL
+    instruction: str = "Answer step by step."
+    """Text after the question (text view) or the audio (audio view); recipes must use the same."""
+    text: FitConfig = FitConfig(lr=4e-3, batch_size=16, max_steps=3000, warmup_steps=30, eval_every=25,
+                                target=0.85, seed=0)
+    """Text-model training; stops at val exact match >= target (a teacher at about 85 to 92%)."""
+    align: FitConfig = FitConfig(lr=4e-3, batch_size=8, max_steps=1500, warmup_steps=20, eval_every=100,
+                                 target=0.4, seed=0)
+    """Audio alignment (LM frozen); stops at val audio exact match >= target, or at max_steps."""
+    transcript_weight: float = 1.0
+    """Weight of the frame-level transcript term of the alignment (0 = answer chain only)."""
+    eval_batch_size: int = 64
+    eval_max_new_tokens: int = 64
+
+    @classmethod
+    def toy(cls) -> "TestbedConfig":
+        """A few-second build of the same pipeline for tests (accuracies meaningless)."""
+        return cls(task=TaskSpec(n_train=48, n_cord=4, n_val=8, n_test=8),
+                   text=FitConfig(lr=4e-3, batch_size=8, max_steps=4, warmup_steps=1, eval_every=2, target=1.0),
+                   align=FitConfig(lr=4e-3, batch_size=4, max_steps=2, warmup_steps=1, eval_every=2, target=1.0),
+                   eval_batch_size=8, eval_max_new_tokens=8)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_marker(path: Path) -> dict | None:
+    try:
+        data = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _install(tmp: Path, final: Path) -> None:
+    from cordlite.models import replace_dir
+
+    replace_dir(tmp, final)
+
+
+class Builder:
+    """Runs the stages of one build directory; `run()` returns the build record."""
+
+    def __init__(self, out: str | Path, config: TestbedConfig = TestbedConfig(), threads: int = 2,
+                 workers: int = 2, progress: bool = True, force: tuple[str, ...] = ()):
+        self.out = Path(out).expanduser().resolve()
+        self.cfg, self.threads, self.workers, self.progress = config, threads, workers, progress
+        unknown = [s for s in force if s not in STAGES]
+        if unknown:
+            raise ValueError(f"--force {unknown[0]!r}: no such stage; choose from {', '.join(STAGES)}")
+        self.force = set(force)
+        self.records: dict[str, dict] = {}
+
+    def log(self, msg: str) -> None:
+        if self.progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _stage(self, name: str, dirname: str, fp: str, run: Callable[[Path], dict], in_place: bool = False) -> dict:
+        final = self.out / dirname
+        marker = read_marker(final)
+        if marker is not None and marker.get("fingerprint") == fp and name not in self.force:
+            self.log(f"[{name}] up to date ({final})")
+            self.records[name] = marker
+            return marker
+        self.log(f"[{name}] building {final}")
+        work = final if in_place else self.out / f".{dirname}.tmp-{os.getpid()}"
+        if not in_place:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / MARKER).unlink(missing_ok=True)
+        t0, c0 = time.perf_counter(), time.process_time()
+        load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        metrics = run(work)
+        record = {"stage": name, "format": _FORMAT, "fingerprint": fp, "seconds": round(time.perf_counter() - t0, 1),
+                  "cpu_seconds_main_process": round(time.process_time() - c0, 1), "torch_threads": self.threads,
+                  "load_average_start": load0, "load_average_end": os.getloadavg()[0] if load0 is not None else None,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **metrics}
+        _write_json(work / MARKER, record)
+        if not in_place:
+            _install(work, final)
+        self.records[name] = record
+        self.log(f"[{name}] done in {record['seconds']} s")
+        return record
+
+    # ------------------------------------------------------------------ stages
+
+    def run(self) -> dict:
+        import torch
+
+        torch.set_num_threads(self.threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        splits = make_splits(cfg.task)
+        self._check_fixed(splits)
+        split_fps = {s: fingerprint(ps) for s, ps in splits.items()}
+        data_fp = _digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
+                           "voices": {k: dataclasses.asdict(v) for k, v in SPLIT_VOICES.items()},
+                           "max_seconds": cfg.model.chunk_length_s})
+        self._stage("data", "data", data_fp, lambda d: self._data(d, splits), in_place=True)
+        init_fp = _digest({"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]})
+        self._stage("init", "init", init_fp, lambda d: self._init(d, splits))
+        text_fp = _digest({"init": init_fp, "fit": dataclasses.asdict(cfg.text), "instruction": cfg.instruction,
+                           "train": split_fps["train"], "val": split_fps["val"]})
+        self._stage("text", "text_model", text_fp, lambda d: self._text(d, splits))
+        align_fp = _digest({"text": text_fp, "fit": dataclasses.asdict(cfg.align), "data": data_fp,
+                            "transcript_weight": cfg.transcript_weight})
+        self._stage("align", "model", align_fp, self._align)
+        eval_fp = _digest({"align": align_fp, "data": data_fp, "batch": cfg.eval_batch_size,
+                           "max_new_tokens": cfg.eval_max_new_tokens})
+        self._stage("eval", "eval", eval_fp, self._eval)
+        return self._write_record()
+
+    def _check_fixed(self, splits) -> None:
+        from cordlite.testbed.fixed import check_fixed_test
+
+        check_fixed_test(self.cfg.task, splits["test"])
+
+    def _data(self, work: Path, splits) -> dict:
+        from cordlite.testbed.voice import voice_splits
+
+        info = voice_splits(splits, work, workers=self.workers, max_seconds=self.cfg.model.chunk_length_s,
+                            progress=self.progress)
+        return {**info, "tts": "espeak-ng library (espeakng-loader)", "tts_workers": self.workers}
+
+    def _init(self, work: Path, splits) -> dict:
+        import torch
+
+        from cordlite.testbed.stages import load_checkpoint, save_checkpoint
+        from cordlite.tiny_model import build_tiny_qwen2audio, default_corpus
+
+        corpus = default_corpus() + [p.question for p in splits["train"]] + [p.answer for p in splits["train"]]
+        build_tiny_qwen2audio(work / "raw", self.cfg.model, corpus)
+        model, processor = load_checkpoint(work / "raw")
+        # Whisper's (and Qwen2-Audio's) encoder positions are fixed sinusoids, not learned; a random
+        # init would leave the encoder without a usable sense of time.
+        pos = model.model.audio_tower.embed_positions.weight
+        with torch.no_grad():
+            pos.copy_(sinusoids(*pos.shape))
+        save_checkpoint(model, processor, work)
+        shutil.rmtree(work / "raw")
+        params = {k: sum(p.numel() for p in m.parameters()) for k, m in (
+            ("language_model", model.model.language_model), ("lm_head", model.lm_head),
+            ("audio_tower", model.model.audio_tower), ("projector", model.model.multi_modal_projector))}
+        return {"parameters": params, "vocab_size": len(processor.tokenizer)}
+
+    def _text(self, work: Path, splits) -> dict:
+        from cordlite.testbed.stages import load_checkpoint, save_checkpoint, train_text
+
+        model, processor = load_checkpoint(self.out / "init")
+        result = train_text(model, processor, splits["train"], splits["val"], self.cfg.instruction, self.cfg.text,
+                            progress=self.progress)
+        save_checkpoint(model, processor, work)
+        return {"steps": result.steps, "reached_target": result.reached_target, "val_exact_match": result.metric,
+                "train_seconds": round(result.seconds, 1), "history": result.history}
+
+    def _align(self, work: Path) -> dict:
+        from cordlite.data import read_manifest
+        from cordlite.testbed.stages import align_audio, load_checkpoint, save_checkpoint
+
+        model, processor = load_checkpoint(self.out / "text_model")
+        train = read_manifest(self.out / "data" / "train.jsonl")
+        val = read_manifest(self.out / "data" / "val.jsonl")
+        result = align_audio(model, processor, train, val, self.cfg.instruction, self.cfg.align,
+                             self.cfg.transcript_weight, progress=self.progress)
+        save_checkpoint(model, processor, work)
+        (work / "testbed.json").write_text(json.dumps({"instruction": self.cfg.instruction,
+                                                       "data": str(self.out / "data")}, indent=2) + "\n")
+        return {"steps": result.steps, "reached_target": result.reached_target,
+                "val_audio_exact_match": result.metric, "train_seconds": round(result.seconds, 1),
+                "history": result.history}
+
+    def _eval(self, work: Path) -> dict:
+        from cordlite.data import read_manifest
+        from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, write_eval
+
+        model, processor = load_for_eval(self.out / "model")
+        out = {}
+        for split in ("val", "test"):
+            examples = read_manifest(self.out / "data" / f"{split}.jsonl")
+            rows, summary = evaluate_examples(model, processor, examples, self.cfg.instruction,
+                                              self.cfg.eval_batch_size, self.cfg.eval_max_new_tokens,
+                                              self.progress, label=f"eval {split}")
+            write_eval(work / f"base_{split}.json", rows, summary,
+                       {"model": str(self.out / "model"), "adapter": None, "split": split})
+            out[split] = summary
+        return out
+
+    def _write_record(self) -> dict:
+        import torch
+        import transformers
+
+        record = {"out": str(self.out), "config": _config_dict(self.cfg), "stages": self.records,
+                  "total_stage_seconds": round(sum(r.get("seconds", 0) for r in self.records.values()), 1),
+                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": self.threads, "platform": platform.platform(),
+                              "python": platform.python_version(), "torch": torch.__version__,
+                              "transformers": transformers.__version__}}
+        _write_json(self.out / "build.json", record)
+        return record
+
+
+def _config_dict(cfg: TestbedConfig) -> dict:
+    return {"task": spec_dict(cfg.task), "model": dataclasses.asdict(cfg.model), "instruction": cfg.instruction,
+            "text": dataclasses.asdict(cfg.text), "align": dataclasses.asdict(cfg.align),
+            "transcript_weight": cfg.transcript_weight,
+            "eval_batch_size": cfg.eval_batch_size, "eval_max_new_tokens": cfg.eval_max_new_tokens}
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0):
+    """Whisper's fixed position table [length, channels]: sines then cosines of geometric timescales."""
+    import torch
+
+    inc = math.log(max_timescale) / (channels // 2 - 1)
+    inv = torch.exp(-inc * torch.arange(channels // 2, dtype=torch.float32))
+    scaled = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], dim=1)
+
+
+def build(out: str | Path, config: TestbedConfig = TestbedConfig(), threads: int = 2, workers: int = 2,
+          progress: bool = True, force: tuple[str, ...] = ()) -> dict:
+    """Build (or bring up to date) the testbed in `out`; returns the build record (also OUT/build.json)."""
+    return Builder(out, config, threads, workers, progress, force).run()

@@ -1,0 +1,77 @@
+"""`cordlite testbed build|eval`. Only click is imported at module level, so `cordlite --help` stays instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+STAGE_NAMES = ("data", "init", "text", "align", "eval")  # cordlite.testbed.build.STAGES
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+def testbed() -> None:
+    """The laptop testbed: a miniature Qwen2-Audio with a real audio-text gap (docs/testbed.md)."""
+
+
+@testbed.command("build")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="torch threads for training and evaluation.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Parallel espeak-ng processes for voicing.")
+@click.option("--force", multiple=True, type=click.Choice(STAGE_NAMES),
+              help="Rebuild this stage even if it is up to date (repeatable); later stages follow.")
+@click.option("--toy", is_flag=True, help="A seconds-long build of the same pipeline at toy size (for tests).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], toy: bool, quiet: bool) -> None:
+    """Build the testbed in OUT_DIR (or bring it up to date): voiced splits, text model, audio
+    alignment, base evaluation. Each finished stage is reused on the next run."""
+    from cordlite.testbed.build import TestbedConfig, build
+    from cordlite.testbed.fixed import FixedSplitError
+
+    try:
+        record = build(out_dir, TestbedConfig.toy() if toy else TestbedConfig(), threads=threads, workers=workers,
+                       progress=not quiet, force=force)
+    except (FixedSplitError, ValueError, FileNotFoundError, FileExistsError) as e:
+        _fail(str(e))
+    stages = record["stages"]
+    for name in STAGE_NAMES:
+        r = stages[name]
+        click.echo(f"{name:6s} {r['seconds']:7.1f} s  (built {r['finished']})")
+    for split in ("val", "test"):
+        s = stages["eval"][split]
+        click.echo(f"base {split}: text {s['text_acc']:.1f}%  audio {s['audio_acc']:.1f}%  gap {s['gap']:.1f} points "
+                   f"(n={s['n']}, answers {s['text_tokens_mean']:.1f} tokens)")
+    click.echo(f"model: {record['out']}/model   manifests: {record['out']}/data/{{train,cord,val,test}}.jsonl")
+
+
+@testbed.command("eval")
+@click.argument("testbed_dir", type=click.Path(file_okay=False))
+@click.option("--adapter", default=None, help="A trained LoRA adapter (RUN/adapter) to evaluate instead of the base.")
+@click.option("--split", type=click.Choice(["test", "val", "cord", "train"]), default="test", show_default=True)
+@click.option("--out", "out_path", default=None,
+              help="Summary JSON (default TESTBED_DIR/eval/<run or base>_<split>.json); answers go next to it.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+def eval_cmd(testbed_dir: str, adapter: str | None, split: str, out_path: str | None, threads: int, batch_size: int,
+             max_new_tokens: int) -> None:
+    """Greedy text-view and audio-view accuracy and the gap on one split of a built testbed."""
+    import torch
+
+    from cordlite.testbed.evaluate import run_eval
+
+    torch.set_num_threads(threads)
+    try:
+        path, s = run_eval(testbed_dir, adapter, split, out_path, batch_size, max_new_tokens)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    click.echo(json.dumps({k: s[k] for k in ("n", "text_acc", "audio_acc", "gap")}))
+    click.echo(f"written: {path}")

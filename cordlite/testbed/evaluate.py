@@ -1,0 +1,138 @@
+"""Greedy text-view and audio-view accuracy of a testbed model on one split.
+
+    cordlite testbed eval OUT_DIR [--adapter RUN/adapter] [--split test] [--out FILE.json]
+
+Each question is answered twice by the same weights, greedily: from its text (text view) and from
+its audio (audio view), with the prompts cordlite trains with (cordlite.data.encode_views) and the
+rollout sampler cordlite trains with (cordlite.rollout.sample, greedy, audio tokens blocked).
+An answer is right when it ends in "The answer is N." with the problem's N (the task's own
+checker, cordlite.testbed.task.check_answer); the judge's rule verifier reads the same number.
+Accuracies are percentages, gap = text - audio, as in the paper's Table 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cordlite.data import AudioCache, Example, encode_views
+from cordlite.testbed.task import check_answer, final_answer
+
+
+def _answer(model, processor, inputs: dict, max_new_tokens: int, tokens) -> tuple[list[str], list[int], list[bool]]:
+    from cordlite.rollout import sample
+
+    r = sample(model, inputs, 1, temperature=1.0, max_new_tokens=max_new_tokens, end_ids=tokens.end_ids,
+               pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids, greedy=True)
+    texts = processor.tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
+    return [t.strip() for t in texts], r.completion_mask.sum(dim=1).tolist(), [not bool(f) for f in r.finished]
+
+
+def evaluate_examples(model, processor, examples: list[Example], instruction: str, batch_size: int = 64,
+                      max_new_tokens: int = 64, progress: bool = True, label: str = "eval") -> tuple[list[dict], dict]:
+    """(rows, summary): one row per example and view; summary with accuracies, gap and lengths."""
+    from cordlite.step import Tokens
+
+    tokens = Tokens.of(model, processor.tokenizer)
+    model.eval()
+    cache = AudioCache()
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            views = encode_views(processor, chunk, cache, instruction)
+            for view, inputs in (("text", views.text), ("audio", views.audio)):
+                texts, lengths, truncated = _answer(model, processor, inputs, max_new_tokens, tokens)
+                for ex, text, n, tr in zip(chunk, texts, lengths, truncated):
+                    final = int(ex.meta["final"])
+                    rows.append({"id": ex.id, "view": view, "response": text, "predicted": final_answer(text),
+                                 "final": final, "correct": check_answer(text, final), "n_tokens": int(n),
+                                 "truncated": tr, "template": ex.meta.get("template"), "voice": ex.meta.get("voice")})
+            if progress:
+                print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} questions, "
+                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    cache._cache.clear()
+    return rows, summarize(rows, time.perf_counter() - t0)
+
+
+def summarize(rows: list[dict], seconds: float | None = None) -> dict:
+    out: dict = {}
+    for view in ("text", "audio"):
+        mine = [r for r in rows if r["view"] == view]
+        n = len(mine)
+        out[f"{view}_acc"] = 100.0 * sum(r["correct"] for r in mine) / n if n else None
+        out[f"{view}_tokens_mean"] = sum(r["n_tokens"] for r in mine) / n if n else None
+        out[f"{view}_truncated"] = sum(r["truncated"] for r in mine)
+    out["n"] = len({r["id"] for r in rows})
+    out["gap"] = out["text_acc"] - out["audio_acc"] if out["n"] else None
+    both = {}
+    for r in rows:
+        both.setdefault(r["id"], {})[r["view"]] = r["correct"]
+    out["audio_right_text_wrong"] = sum(1 for v in both.values() if v.get("audio") and not v.get("text"))
+    if seconds is not None:
+        out["seconds"] = round(seconds, 1)
+    return out
+
+
+def load_for_eval(model_dir: str | Path, adapter: str | Path | None = None):
+    """(model, processor) of a built testbed, with a trained LoRA adapter on when given."""
+    from cordlite.testbed.stages import load_checkpoint
+
+    model, processor = load_checkpoint(model_dir)
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json there; pass RUN/adapter or "
+                                    "RUN/checkpoints/step_N/adapter")
+        model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    return model, processor
+
+
+def write_eval(path: Path, rows: list[dict], summary: dict, meta: dict) -> None:
+    """summary JSON at `path`, the per-answer rows next to it as <stem>_responses.jsonl (both atomic)."""
+    from cordlite.testbed.voice import write_jsonl_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(path.with_name(f"{path.stem}_responses.jsonl"), rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({**meta, **summary}, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "test", out: str | None = None,
+             batch_size: int = 64, max_new_tokens: int = 64, progress: bool = True) -> tuple[Path, dict]:
+    """Evaluate the built testbed (optionally with a trained adapter) on one split; returns the
+    summary path (default OUT_DIR/eval/<adapter run or base>_<split>.json) and the summary."""
+    import yaml
+
+    from cordlite.data import read_manifest
+
+    root = Path(testbed_dir)
+    meta_path = root / "model" / "testbed.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{root}: no built testbed there ({meta_path} missing); run "
+                                f"`cordlite testbed build {root}` first")
+    instruction = json.loads(meta_path.read_text(encoding="utf-8"))["instruction"]
+    if adapter is not None:
+        run_config = Path(adapter).parent / "config.yaml"
+        if run_config.is_file():
+            used = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data", {}).get("instruction")
+            if used is not None and used != instruction:
+                raise ValueError(f"{run_config}: data.instruction {used!r} differs from the testbed's "
+                                 f"{instruction!r}; train with the testbed's instruction")
+    manifest = root / "data" / f"{split}.jsonl"
+    examples = read_manifest(manifest)
+    model, processor = load_for_eval(root / "model", adapter)
+    rows, summary = evaluate_examples(model, processor, examples, instruction, batch_size, max_new_tokens,
+                                      progress, label=f"eval {split}")
+    name = "base" if adapter is None else Path(adapter).resolve().parent.name
+    path = Path(out) if out else root / "eval" / f"{name}_{split}.json"
+    write_eval(path, rows, summary, {"model": str(root / "model"), "adapter": adapter, "split": split,
+                                     "manifest": str(manifest)})
+    return path, summary

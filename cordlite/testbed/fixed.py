@@ -1,0 +1,31 @@
+"""The fixed test split: its fingerprint, recorded before any method was run on the testbed.
+
+The build refuses to run when the default task would produce a different test split (a changed
+phrasing, vocabulary, voice table or generator), so every reported number is on the same
+questions and voices. A deliberate change of the task must update TEST_FINGERPRINT here and say
+so in docs/testbed.md, since numbers before and after are then not comparable.
+"""
+
+from __future__ import annotations
+
+from cordlite.testbed.task import Problem, TaskSpec, fingerprint
+
+# sha256 of the 400 test problems of TaskSpec() (ids, templates, questions, answers, voices).
+TEST_FINGERPRINT = "e2c619b4a56911d7b69e49f72c5698baf544feec5edf6b62182c4bb0b0702ee6"
+
+
+class FixedSplitError(RuntimeError):
+    """The default task no longer produces the recorded test split."""
+
+
+def check_fixed_test(spec: TaskSpec, test: list[Problem]) -> None:
+    """Raise FixedSplitError when `spec` is the default task but its test split differs."""
+    if spec != TaskSpec() or not TEST_FINGERPRINT:
+        return
+    got = fingerprint(test)
+    if got != TEST_FINGERPRINT:
+        raise FixedSplitError(
+            f"the test split of the default task has fingerprint {got[:16]}..., not the recorded "
+            f"{TEST_FINGERPRINT[:16]}... (cordlite/testbed/fixed.py): the task generator, phrasings or "
+            "voices changed. Revert the change, or record the new fingerprint there deliberately and "
+            "re-run every method, since results on the old and new test split are not comparable")

@@ -1,0 +1,86 @@
+"""A toy-size run of the whole testbed build: real espeak-ng, real Qwen2-Audio classes, every stage.
+
+Run with: python -m pytest tests/test_testbed_build.py -q   (about 15 s)
+The toy build trains for a handful of steps, so its accuracies mean nothing; the test checks the
+artefacts, the stage cache and that `cordlite train` can load the result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cordlite.testbed.build import STAGES, TestbedConfig, build, read_marker
+from cordlite.testbed.stages import frame_token_labels
+
+
+def test_frame_token_labels_by_hand():
+    # "Ann has 7." with words starting at 0.0 s, 0.2 s and 0.4 s in a 0.6 s clip (25 frames/s):
+    # Ann -> frames 0-4, has -> 5-9, " 7." (tokens " ", "7", ".") -> frames 10-14, 5 frames in thirds.
+    question = "Ann has 7."
+    token_ids = [11, 12, 13, 14, 15]  # Ann, " has", " ", "7", "."
+    offsets = [(0, 3), (3, 7), (7, 8), (8, 9), (9, 10)]
+    words = [[0, 3, 0.0], [4, 3, 0.2], [8, 1, 0.4]]
+    labels = frame_token_labels(question, words, 0.6, token_ids, offsets, n_frames=17)
+    assert labels.tolist() == [11] * 5 + [12] * 5 + [13] + [14] * 2 + [15] * 2 + [-100] * 2
+    assert (frame_token_labels(question, [], 0.6, token_ids, offsets, 17) == -100).all()
+
+
+@pytest.fixture(scope="module")
+def toy_build(tmp_path_factory):
+    torch_threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("testbed") / "tb"
+    record = build(out, TestbedConfig.toy(), threads=1, workers=2, progress=False)
+    torch.set_num_threads(torch_threads)
+    return out, record
+
+
+def test_toy_build_artefacts(toy_build):
+    from cordlite.data import read_manifest
+
+    out, record = toy_build
+    assert set(record["stages"]) == set(STAGES)
+    sizes = {"train": 48, "cord": 4, "val": 8, "test": 8}
+    for split, n in sizes.items():
+        rows = read_manifest(out / "data" / f"{split}.jsonl")
+        assert len(rows) == n
+        assert all(r.audio_path.is_file() and r.meta["words"] and r.meta["final"] >= 1 for r in rows)
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "testbed.json").is_file()
+    for split in ("val", "test"):
+        summary = json.loads((out / "eval" / f"base_{split}.json").read_text())
+        assert summary["n"] == sizes[split] and 0 <= summary["audio_acc"] <= 100
+        rows = (out / "eval" / f"base_{split}_responses.jsonl").read_text().splitlines()
+        assert len(rows) == 2 * sizes[split]  # one answer per question and view
+    saved = json.loads((out / "build.json").read_text())
+    assert saved["stages"]["text"]["steps"] <= TestbedConfig.toy().text.max_steps
+
+
+def test_toy_build_is_cached_and_reruns_from_a_changed_stage(toy_build):
+    import dataclasses
+
+    out, record = toy_build
+    again = build(out, TestbedConfig.toy(), threads=1, progress=False)
+    for name in STAGES:  # nothing rebuilt: the same markers
+        assert again["stages"][name]["finished"] == record["stages"][name]["finished"]
+    cfg = TestbedConfig.toy()
+    changed = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, max_steps=1))
+    third = build(out, changed, threads=1, progress=False)
+    assert third["stages"]["text"]["fingerprint"] == record["stages"]["text"]["fingerprint"]
+    assert third["stages"]["align"]["fingerprint"] != record["stages"]["align"]["fingerprint"]
+    assert third["stages"]["align"]["steps"] == 1
+    assert read_marker(out / "eval")["fingerprint"] == third["stages"]["eval"]["fingerprint"]
+
+
+def test_recipe_loads_the_testbed(toy_build):
+    """recipes/testbed_cord.yaml validates against a built testbed (paths switched to the toy one)."""
+    from cordlite.config import load_recipe
+
+    out, _ = toy_build
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    r = load_recipe(recipe, [f"model.name_or_path={out / 'model'}",
+                             f"data.train_manifest={out / 'data' / 'cord.jsonl'}"])
+    assert r.data.instruction == json.loads((out / "model" / "testbed.json").read_text())["instruction"]
+    assert r.data.instruction == TestbedConfig().instruction
