@@ -74,6 +74,9 @@ class LoraConfig:
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     )
     """Linear layer names adapted, inside the language model only (never the audio encoder)."""
+    projector: bool = False
+    """Also adapt the audio projector (multi_modal_projector.linear) with LoRA. It only feeds the
+    audio view, so the text view (and the teacher) are untouched by that part of the adapter."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,12 @@ class RolloutConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
+    objective: Literal["cord", "sft", "forward_kl"] = "cord"
+    """cord: the student's own audio-view rollouts (on-policy), weighted reverse KL + GRPO. The
+    paper's off-policy baselines train along the TEACHER's text-view rollouts instead (group_size + 1
+    per prompt at distill_temperature, the same number of sequences as cord): sft maximises their
+    log-likelihood under the audio view, forward_kl minimises KL(teacher || student) per token
+    (weighted by alpha/beta/top_k; 1/1 = uniform). Both need lambda_seq: 0 (no student rollouts)."""
     lambda_tok: float = 1.0
     """Weight of the importance-weighted reverse KL (paper: 1)."""
     lambda_seq: float = 1.0
@@ -272,7 +281,13 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
         problems.append(f"rollout.group_size: {ro.group_size} with loss.lambda_seq > 0; GRPO needs at "
                         "least 2 rollouts per prompt (advantage r - mean is 0 for one), set >= 2 "
                         "(paper: 4) or loss.lambda_seq: 0")
-    if ro.share_rollouts and lo.lambda_seq == 0:
+    if lo.objective != "cord" and (lo.lambda_seq > 0 or ro.share_rollouts):
+        problems.append(f"loss.objective: {lo.objective} trains along the teacher's text-view rollouts, where "
+                        "GRPO has no student rollouts to score; set loss.lambda_seq: 0 and "
+                        "rollout.share_rollouts: false (or loss.objective: cord)")
+    if lo.objective != "cord" and lo.lambda_tok == 0:
+        problems.append(f"loss.objective: {lo.objective} with loss.lambda_tok: 0 trains nothing; set lambda_tok > 0")
+    elif ro.share_rollouts and lo.lambda_seq == 0:
         problems.append("rollout.share_rollouts: true needs the group rollouts of loss.lambda_seq > 0; "
                         "set share_rollouts: false")
     j = r.judge

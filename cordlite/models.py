@@ -119,9 +119,11 @@ def _cpu_4bit_trainable(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def lora_target_regex(names: tuple[str, ...]) -> str:
-    """LoRA on the language model's linear layers only; the audio encoder has q/k/v_proj too."""
-    return r".*\.language_model\..*\.(" + "|".join(map(str, names)) + r")$"
+def lora_target_regex(names: tuple[str, ...], projector: bool = False) -> str:
+    """LoRA on the language model's linear layers only (the audio encoder has q/k/v_proj too),
+    plus the audio projector's linear layer when `projector` (it feeds the audio view only)."""
+    language = r".*\.language_model\..*\.(" + "|".join(map(str, names)) + r")"
+    return f"({language}|.*\\.multi_modal_projector\\.linear)$" if projector else language + "$"
 
 
 def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
@@ -138,7 +140,7 @@ def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_target_regex(lora.target_modules),
+        target_modules=lora_target_regex(lora.target_modules, lora.projector),
         bias="none",
     )
     peft_model = get_peft_model(model, config)

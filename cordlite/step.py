@@ -1,5 +1,9 @@
 """One CORD step on a micro-batch: a no-grad collection phase, then the grad loss.
 
+loss.objective: sft / forward_kl (the paper's off-policy baselines) replace the student's rollouts
+by group_size + 1 teacher rollouts on the text view and the token term by the NLL / forward KL
+along them; everything else below is loss.objective: cord.
+
 collect (eval mode, no grad)
   references   text-view answers of the teacher (greedy by default), cached per example id
   rollouts     student (adapters ON, audio view): N at group_temperature for GRPO, plus one at
@@ -30,7 +34,7 @@ from cordlite.config import Recipe
 from cordlite.data import Example, ViewBatch
 from cordlite.judge import Judge, JudgeItem, rule_rewards
 from cordlite.logprobs import completion_hidden, full_logprobs, student_token_terms
-from cordlite.losses import policy_gradient_loss, weighted_token_loss
+from cordlite.losses import policy_gradient_loss, sft_loss, weighted_token_loss
 from cordlite.models import Runtime, adapters_off, base_of, audio_special_token_ids, end_token_ids
 from cordlite.rollout import Rollouts, pad_right, repeat_rows, sample
 from cordlite.weights import cord_token_weights
@@ -147,11 +151,17 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     parts: list[Rollouts] = []
     common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
                   blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
-    with _autocast(rt):
-        if use_tok and not ro.share_rollouts:
-            parts.append(sample(model, views.audio, 1, temperature=ro.distill_temperature, **common))
-        if use_seq:
-            parts.append(sample(model, views.audio, ro.group_size, temperature=ro.group_temperature, **common))
+    off_policy = lo.objective != "cord"
+    if off_policy:
+        # The paper's baselines: the teacher's own text-view answers, as many as cord samples.
+        with _teacher(model, recipe), _autocast(rt):
+            parts.append(sample(model, views.text, ro.group_size + 1, temperature=ro.distill_temperature, **common))
+    else:
+        with _autocast(rt):
+            if use_tok and not ro.share_rollouts:
+                parts.append(sample(model, views.audio, 1, temperature=ro.distill_temperature, **common))
+            if use_seq:
+                parts.append(sample(model, views.audio, ro.group_size, temperature=ro.group_temperature, **common))
     timings["rollout_s"] = _clock(rt) - t0
 
     ids = pad_right([p.completion_ids for p in parts], tokens.pad_id)  # [n, L]
@@ -167,7 +177,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
 
     teacher_lp = None
     t0 = _clock(rt)
-    if use_tok:
+    if use_tok and lo.objective != "sft":
         text_prompt = repeat_rows(views.text, source[:n_distill])
         with _teacher(model, recipe), _autocast(rt):
             hidden = completion_hidden(model, text_prompt, ids[:n_distill], mask[:n_distill])
@@ -220,10 +230,18 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
     loss = hidden.new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
     token_lp_d = None
-    if c.teacher_lp is not None:
-        d = slice(0, c.n_distill)
+    if lo.objective == "sft":
         with _autocast(rt):
-            token_lp_d, kl = student_token_terms(model, hidden[d], c.completion_ids[d], c.teacher_lp, lo.kl_chunk_size)
+            token_lp, _ = student_token_terms(model, hidden, c.completion_ids, None, lo.kl_chunk_size)
+        tok_loss, st = sft_loss(token_lp, c.completion_mask, lo.tok_reduction)
+        loss = loss + lo.lambda_tok * tok_loss
+        stats.update(st, tok_loss=tok_loss.item())
+    elif c.teacher_lp is not None:
+        d = slice(0, c.n_distill)
+        divergence = "forward" if lo.objective == "forward_kl" else "reverse"
+        with _autocast(rt):
+            token_lp_d, kl = student_token_terms(model, hidden[d], c.completion_ids[d], c.teacher_lp,
+                                                 lo.kl_chunk_size, divergence)
         weights = cord_token_weights(kl.detach(), c.completion_mask[d], lo.alpha, lo.beta, lo.top_k)  # [n_d, L]
         tok_loss, st = weighted_token_loss(kl, weights, c.completion_mask[d], lo.tok_reduction)
         loss = loss + lo.lambda_tok * tok_loss

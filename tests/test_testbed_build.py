@@ -84,3 +84,33 @@ def test_recipe_loads_the_testbed(toy_build):
                              f"data.train_manifest={out / 'data' / 'cord.jsonl'}"])
     assert r.data.instruction == json.loads((out / "model" / "testbed.json").read_text())["instruction"]
     assert r.data.instruction == TestbedConfig().instruction
+
+
+def test_ablation_suite_on_the_toy_build(toy_build, tmp_path):
+    """Every kind of method runs, each run's result is cached, the outputs are written."""
+    from cordlite.testbed.ablate import load_suite, run_suite
+
+    out, _ = toy_build
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    suite_file = tmp_path / "suite.yaml"
+    fast = "rollout: {max_new_tokens: 6}, optim: {warmup_steps: 1}, train: {batch_size: 2, micro_batch_size: 2}"
+    suite_file.write_text(
+        f"testbed: {out}\nbase_recipe: {recipe}\nout: {tmp_path / 'abl'}\nseeds: [0]\nsteps: 2\neval_every: 1\n"
+        "jobs: 1\ncontrol: {lr: 1.0e-3, warmup_steps: 1}\nmethods:\n"
+        "  - {name: control, label: Control, kind: align}\n"
+        f"  - {{name: sft, label: SFT, recipe: {{loss: {{objective: sft, lambda_seq: 0.0}}, {fast}}}}}\n"
+        f"  - {{name: cord, label: CORD, recipe: {{{fast}}}}}\n")
+    threads = torch.get_num_threads()
+    summary = run_suite(load_suite(suite_file))
+    torch.set_num_threads(threads)
+    abl = tmp_path / "abl"
+    assert [m["name"] for m in summary["methods"]] == ["control", "sft", "cord"]
+    for name in ("control", "sft", "cord"):
+        result = json.loads((abl / name / "seed_0" / "result.json").read_text())
+        assert [p["step"] for p in result["curve"]] == [1, 2] and result["curve"][-1]["n"] == 8
+    assert (abl / "sft" / "seed_0" / "train" / "adapter" / "adapter_config.json").is_file()
+    assert "| SFT |" in (abl / "table.md").read_text()
+    assert (abl / "curves.png").stat().st_size > 10_000
+    again = run_suite(load_suite(suite_file))  # all cached: the same runs come back
+    torch.set_num_threads(threads)
+    assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in summary["runs"]]

@@ -75,3 +75,47 @@ def eval_cmd(testbed_dir: str, adapter: str | None, split: str, out_path: str | 
         _fail(str(e))
     click.echo(json.dumps({k: s[k] for k in ("n", "text_acc", "audio_acc", "gap")}))
     click.echo(f"written: {path}")
+
+
+@testbed.command("ablate")
+@click.argument("suite_file", type=click.Path(dir_okay=False))
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Runs at a time (default: the suite's jobs).")
+@click.option("--seeds", default=None, help="Comma-separated seeds instead of the suite's, e.g. 0,1,2.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per method instead of the suite's.")
+@click.option("--out", default=None, help="Output directory instead of the suite's `out`.")
+def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int | None, out: str | None) -> None:
+    """Run every method x seed of SUITE_FILE on the built testbed; write table.md, results.json and
+    curves.png. Finished runs are reused, interrupted ones resume."""
+    from cordlite.config import ConfigError
+    from cordlite.testbed.ablate import SuiteError, load_suite, run_suite
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
+    except ValueError:
+        _fail(f"--seeds {seeds!r}: expected comma-separated integers such as 0,1,2", 2)
+    try:
+        suite = load_suite(suite_file, seeds=seed_list, steps=steps, jobs=jobs, out=out)
+        summary = run_suite(suite)
+    except (SuiteError, ConfigError) as e:
+        _fail(str(e), 2)
+    from cordlite.testbed.ablate import table_markdown
+
+    click.echo(table_markdown(summary))
+    click.echo(f"written: {suite.out}/table.md, results.json, curves.png ({summary['wall_seconds']:.0f} s)")
+
+
+@testbed.command("demo")
+@click.option("--dir", "testbed_dir", default="cache/testbed", show_default=True, help="Testbed build directory.")
+@click.option("--recipe", default="recipes/testbed_cord.yaml", show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="CORD steps.")
+@click.option("--out", default="runs/testbed_demo", show_default=True, help="Run directory (replaced).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+def demo_cmd(testbed_dir: str, recipe: str, steps: int, out: str, threads: int) -> None:
+    """The short version: build the testbed if needed, train CORD, report the gap before and after."""
+    from cordlite.testbed.demo import run_demo
+
+    try:
+        report = run_demo(testbed_dir, recipe, steps, out, threads)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e), 2)
+    click.echo(report)

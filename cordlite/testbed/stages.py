@@ -24,6 +24,7 @@ that greedy decoding reproduces token for token (one forward pass instead of a d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -202,9 +203,12 @@ def transcript_loss(frames: torch.Tensor, embeddings: torch.Tensor, labels: torc
 
 
 def align_audio(model, processor, train: list[Example], val: list[Example], instruction: str,
-                cfg: FitConfig, transcript_weight: float = 1.0, progress: bool = True) -> FitResult:
+                cfg: FitConfig, transcript_weight: float = 1.0, progress: bool = True,
+                evaluate: Callable[[], float] | None = None) -> FitResult:
     """Stage (c): the audio encoder and projector learn spoken question -> chain (plus the
-    transcript term with weight `transcript_weight`), the language model frozen."""
+    transcript term with weight `transcript_weight`), the language model frozen. `evaluate`
+    replaces the stopping metric (val exact match) when given: the ablation control uses it to
+    score the test split at fixed steps."""
     end_id, pad_id = end_and_pad(processor)
     params = _set_trainable(model, "audio")
     captured: list[torch.Tensor] = []
@@ -234,7 +238,8 @@ def align_audio(model, processor, train: list[Example], val: list[Example], inst
         return loss, stats
 
     try:
-        result = fit(params, step_loss, lambda: _exact_match(model, val_batches), len(train), cfg, "audio", progress)
+        metric = evaluate if evaluate is not None else (lambda: _exact_match(model, val_batches))
+        result = fit(params, step_loss, metric, len(train), cfg, "audio", progress)
     finally:
         hook.remove()
     _set_trainable(model, "none")

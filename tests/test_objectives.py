@@ -1,0 +1,121 @@
+"""The paper's off-policy baselines (loss.objective: sft / forward_kl) on the tiny Qwen2-Audio.
+
+Each is checked against a direct computation: the rollouts come from the teacher's text view
+(adapters off), there are group_size + 1 per prompt, and the loss equals the NLL / forward KL
+recomputed here from plain log-softmaxes of the two views.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cordlite import step as step_module
+from cordlite.config import ConfigError, recipe_from_dict
+from cordlite.data import AudioCache, encode_views, read_manifest
+from cordlite.logprobs import completion_hidden, full_logprobs
+from cordlite.models import adapters_off, attach_lora, load_base, resolve_runtime
+from cordlite.rollout import repeat_rows
+from cordlite.step import ReferenceStore, Tokens, collect, compute_loss
+
+
+def _raw(model_dir, manifest, out, objective: str) -> dict:
+    return {
+        "model": {"name_or_path": str(model_dir), "device": "cpu"},
+        "quantization": {"mode": "none"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "data": {"train_manifest": str(manifest), "instruction": "Answer the question."},
+        "rollout": {"max_new_tokens": 5, "group_size": 2},
+        "loss": {"objective": objective, "lambda_seq": 0.0, "alpha": 1.0, "beta": 1.0, "top_k": 0},
+        "train": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
+        "output": {"dir": str(out), "progress": False},
+    }
+
+
+def _adapters_disabled(model) -> bool:
+    flags = [m.disable_adapters for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "disable_adapters")]
+    assert flags, "no LoRA layers found"
+    return all(flags)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
+    recipe = recipe_from_dict(_raw(tiny_model_dir, tiny_manifest, tmp_path_factory.mktemp("run"), "sft"))
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
+    torch.manual_seed(0)
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    model = attach_lora(model, recipe.lora, rt, seed=0)
+    g = torch.Generator().manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:  # a trained-looking adapter, so student (on) and teacher (off) differ
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
+    return model, processor, views, rt
+
+
+def _collect(setup, objective, tmp_path, monkeypatch):
+    model, processor, views, rt = setup
+    recipe = recipe_from_dict(_raw("unused", "unused", tmp_path, objective), check_paths=False)
+    calls = []
+    real = step_module.sample
+
+    def spy(m, prompt, n, **kw):
+        calls.append((prompt is views.text, prompt is views.audio, n, kw["temperature"], _adapters_disabled(m)))
+        return real(m, prompt, n, **kw)
+
+    monkeypatch.setattr(step_module, "sample", spy)
+    torch.manual_seed(0)
+    c = collect(model, processor.tokenizer, views, recipe, rt, Tokens.of(model, processor.tokenizer), ReferenceStore(None))
+    return recipe, c, calls
+
+
+@pytest.mark.parametrize("objective", ["sft", "forward_kl"])
+def test_off_policy_objectives_sample_the_teacher_text_view(objective, setup, tmp_path, monkeypatch):
+    _, c, calls = _collect(setup, objective, tmp_path, monkeypatch)
+    # one call: text view, adapters off, group_size + 1 = 3 rollouts per prompt at distill_temperature 1.0
+    assert calls == [(True, False, 3, 1.0, True)]
+    assert sorted(c.source.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert c.advantages is None and c.n_distill == 6 and c.group_start == 6
+    assert (c.teacher_lp is None) == (objective == "sft")
+
+
+def test_sft_loss_is_the_audio_view_nll_of_the_teacher_rollouts(setup, tmp_path, monkeypatch):
+    model, _, views, rt = setup
+    recipe, c, _ = _collect(setup, "sft", tmp_path, monkeypatch)
+    loss, stats = compute_loss(model, c, recipe, rt)
+    with torch.no_grad():
+        lp = full_logprobs(model, completion_hidden(model, repeat_rows(views.audio, c.source), c.completion_ids,
+                                                    c.completion_mask), 64)
+        tok = lp.gather(-1, c.completion_ids.unsqueeze(-1)).squeeze(-1)
+        expected = -(tok * c.completion_mask).sum(dim=1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["sft_loss"] == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad(set_to_none=True)
+
+
+def test_forward_kl_loss_is_kl_teacher_text_to_student_audio(setup, tmp_path, monkeypatch):
+    model, _, views, rt = setup
+    recipe, c, _ = _collect(setup, "forward_kl", tmp_path, monkeypatch)
+    loss, stats = compute_loss(model, c, recipe, rt)
+    with torch.no_grad():
+        student = full_logprobs(model, completion_hidden(model, repeat_rows(views.audio, c.source), c.completion_ids,
+                                                         c.completion_mask), 64)
+        with adapters_off(model):
+            teacher = full_logprobs(model, completion_hidden(model, repeat_rows(views.text, c.source),
+                                                             c.completion_ids, c.completion_mask), 64)
+        fkl = (teacher.exp() * (teacher - student)).sum(-1)  # [n, L]
+        expected = (fkl * c.completion_mask).sum(dim=1).mean()  # alpha = beta = 1: uniform weights
+    assert torch.allclose(c.teacher_lp, teacher, atol=1e-5)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert stats["weight_max"] == 1.0
+    model.zero_grad(set_to_none=True)
+
+
+def test_off_policy_objectives_refuse_grpo(tmp_path):
+    raw = _raw("unused", "unused", tmp_path, "sft")
+    raw["loss"]["lambda_seq"] = 1.0
+    with pytest.raises(ConfigError, match="loss.objective: sft .*lambda_seq: 0"):
+        recipe_from_dict(raw, check_paths=False)
