@@ -119,3 +119,31 @@ def test_off_policy_objectives_refuse_grpo(tmp_path):
     raw["loss"]["lambda_seq"] = 1.0
     with pytest.raises(ConfigError, match="loss.objective: sft .*lambda_seq: 0"):
         recipe_from_dict(raw, check_paths=False)
+
+
+def test_projector_lora_moves_the_audio_view_only(tiny_model_dir, tiny_manifest, tmp_path):
+    raw = _raw(tiny_model_dir, tiny_manifest, tmp_path, "cord")
+    raw["lora"]["projector"] = True
+    raw["loss"] = {}
+    recipe = recipe_from_dict(raw)
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    model = attach_lora(model, recipe.lora, rt, seed=0)
+    names = [n for n, _ in model.named_parameters() if "multi_modal_projector" in n and "lora_B" in n]
+    assert len(names) == 1
+    for n, p in model.named_parameters():
+        if n in names:
+            p.data.fill_(0.5)  # only the projector's adapter is non-zero
+    views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
+    ids = torch.randint(0, 900, (2, 4))
+    mask = torch.ones(2, 4, dtype=torch.long)
+
+    def lp(view, off):
+        with torch.no_grad():
+            if off:
+                with adapters_off(model):
+                    return full_logprobs(model, completion_hidden(model, view, ids, mask), 64)
+            return full_logprobs(model, completion_hidden(model, view, ids, mask), 64)
+
+    assert torch.equal(lp(views.text, False), lp(views.text, True))  # text view never sees the projector
+    assert not torch.allclose(lp(views.audio, False), lp(views.audio, True), atol=1e-4)

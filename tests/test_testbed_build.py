@@ -114,3 +114,19 @@ def test_ablation_suite_on_the_toy_build(toy_build, tmp_path):
     again = run_suite(load_suite(suite_file))  # all cached: the same runs come back
     torch.set_num_threads(threads)
     assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in summary["runs"]]
+
+
+def test_demo_on_the_toy_build(toy_build, tmp_path):
+    from cordlite.testbed.build import TestbedConfig
+    from cordlite.testbed.demo import run_demo
+
+    out, _ = toy_build
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    threads = torch.get_num_threads()
+    report = run_demo(str(out), str(recipe), steps=2, out=str(tmp_path / "demo"), threads=1,
+                      config=TestbedConfig.toy(), overrides=("optim.warmup_steps=1", "rollout.max_new_tokens=6"))
+    torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert saved["steps"] == 2 and saved["after"]["n"] == 8
+    assert "| + CORD, 2 steps |" in report and (tmp_path / "demo" / "demo.md").read_text() == report
+    assert (tmp_path / "demo" / "adapter" / "adapter_config.json").is_file()

@@ -153,3 +153,18 @@ def test_bad_spec_is_named():
         make_splits(TaskSpec(n_test=0))
     with pytest.raises(ValueError, match="max_start"):
         make_splits(TaskSpec(max_start=40))
+
+
+def test_error_kinds_by_hand():
+    from cordlite.testbed.errors import error_counts, error_kind
+
+    ref = "7 + 5 = 12. 12 - 3 = 9. The answer is 9."
+    assert error_kind(ref, ref) == "right"
+    assert error_kind("9 + 5 = 14. 14 - 3 = 11. The answer is 11.", ref) == "operands"  # misheard 7
+    assert error_kind("7 + 5 = 12. 12 * 3 = 36. The answer is 36.", ref) == "operands"  # misheard the operation
+    assert error_kind("7 + 5 = 13. 13 - 3 = 10. The answer is 10.", ref) == "steps"  # right reading, wrong sum
+    assert error_kind("7 + 5 = 12. 12 - 3 = 9. The answer is 8.", ref) == "steps"
+    assert error_kind("The answer is 4.", ref) == "format"
+    rows = [{"id": "a", "view": "audio", "response": ref}, {"id": "a", "view": "text", "response": ref},
+            {"id": "b", "view": "audio", "response": "The answer is"}]
+    assert error_counts(rows, {"a": ref, "b": ref}) == {"right": 1, "operands": 0, "steps": 0, "format": 1}

@@ -186,12 +186,22 @@ def _instruction(testbed: str) -> str:
     return json.loads((Path(testbed) / "model" / "testbed.json").read_text(encoding="utf-8"))["instruction"]
 
 
-def _score(model, processor, examples, instruction) -> dict:
+def _score(model, processor, examples, instruction, responses: Path | None = None) -> dict:
+    """Test-split accuracies; with `responses`, also the answers (JSONL) and the kinds of audio and
+    text errors (cordlite.testbed.errors)."""
+    from cordlite.files import write_jsonl_atomic
+    from cordlite.testbed.errors import error_counts
     from cordlite.testbed.evaluate import evaluate_examples
 
-    _, s = evaluate_examples(model, processor, examples, instruction, batch_size=64, max_new_tokens=64,
-                             progress=False)
-    return {k: s[k] for k in ("text_acc", "audio_acc", "gap", "n")}
+    rows, s = evaluate_examples(model, processor, examples, instruction, batch_size=64, max_new_tokens=64,
+                                progress=False)
+    point = {k: s[k] for k in ("text_acc", "audio_acc", "gap", "n")}
+    if responses is not None:
+        responses.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(responses, rows)
+        refs = {ex.id: ex.answer for ex in examples}
+        point["errors"] = {view: error_counts(rows, refs, view) for view in ("audio", "text")}
+    return point
 
 
 def _log(msg: str) -> None:
@@ -216,7 +226,8 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
         if step == suite.steps:
             adapter = run_dir / "train" / "adapter"
         model, processor = load_for_eval(Path(suite.testbed) / "model", adapter)
-        point = {"step": step, **_score(model, processor, test, instruction)}
+        final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
+        point = {"step": step, **_score(model, processor, test, instruction, final)}
         cached.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cached, json.dumps(point) + "\n")
         curve.append(point)
@@ -225,7 +236,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
     return curve
 
 
-def _run_align(suite: Suite, method: Method, seed: int, test, instruction: str) -> list[dict]:
+def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, instruction: str) -> list[dict]:
     from cordlite.data import read_manifest
     from cordlite.testbed.fit import FitConfig
     from cordlite.testbed.stages import align_audio, load_checkpoint
@@ -242,7 +253,9 @@ def _run_align(suite: Suite, method: Method, seed: int, test, instruction: str) 
         calls[0] += 1
         if calls[0] == 1:  # step 0: the base, scored by the build
             return 0.0
-        point = {"step": targets[len(curve)], **_score(model, processor, test, instruction)}
+        step = targets[len(curve)]
+        final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
+        point = {"step": step, **_score(model, processor, test, instruction, final)}
         curve.append(point)
         _log(f"  [{method.name} seed {seed}] step {point['step']}: audio {point['audio_acc']:.1f}%  "
              f"text {point['text_acc']:.1f}%")
@@ -283,7 +296,7 @@ def run_one(suite: Suite, method: Method, seed: int, threads: int = 1) -> dict:
     test = read_manifest(Path(suite.testbed) / "data" / "test.jsonl")
     _log(f"  [{method.name} seed {seed}] started")
     if method.kind == "align":
-        curve = _run_align(suite, method, seed, test, instruction)
+        curve = _run_align(suite, method, seed, run_dir, test, instruction)
     else:
         curve = _run_lora(suite, method, seed, run_dir, test, instruction)
     result = {"key": key, "method": method.name, "label": method.label, "seed": seed, "steps": suite.steps,
@@ -361,7 +374,16 @@ def base_scores(testbed: str) -> dict:
     if not path.is_file():
         raise SuiteError(f"testbed: {path} missing; finish the build with `cordlite testbed build {testbed}`")
     s = json.loads(path.read_text(encoding="utf-8"))
-    return {"step": 0, "text_acc": s["text_acc"], "audio_acc": s["audio_acc"], "gap": s["gap"], "n": s["n"]}
+    out = {"step": 0, "text_acc": s["text_acc"], "audio_acc": s["audio_acc"], "gap": s["gap"], "n": s["n"]}
+    responses = path.with_name("base_test_responses.jsonl")
+    if responses.is_file():
+        from cordlite.data import read_manifest
+        from cordlite.testbed.errors import error_counts
+
+        rows = [json.loads(line) for line in responses.read_text(encoding="utf-8").splitlines() if line.strip()]
+        refs = {ex.id: ex.answer for ex in read_manifest(Path(testbed) / "data" / "test.jsonl")}
+        out["errors"] = {view: error_counts(rows, refs, view) for view in ("audio", "text")}
+    return out
 
 
 def _stats(values: list[float | None]) -> dict | None:
@@ -390,6 +412,10 @@ def summarize(suite: Suite, base: dict, results: list[dict]) -> dict:
                "gap_reduction": _stats([100.0 * (1 - g / gap_base) if gap_base > 0 else None for g in paper_gap]),
                "text_change": _stats([f["text_acc"] - text_base for f in finals]),
                "seconds_per_run": statistics.fmean(r["seconds"] for r in runs)}
+        with_errors = [f["errors"] for f in finals if "errors" in f]
+        if len(with_errors) == len(finals):
+            row["errors"] = {view: {k: _stats([e[view][k] for e in with_errors]) for k in with_errors[0][view]}
+                             for view in with_errors[0]}
         curve = []
         for i, step in enumerate(suite.eval_steps()):
             points = [r["curve"][i] for r in runs if i < len(r["curve"])]
@@ -422,6 +448,19 @@ def table_markdown(summary: dict) -> str:
     for m in summary["methods"]:
         lines.append(f"| {m['label']} | {_pm(m['audio_acc'])} | {_pm(m['text_acc'])} | {_pm(m['gap'])} | "
                      f"{_pm(m['gap_reduction'], unit='%')} | {_pm(m['own_gap'])} | {_pm(m['text_change'], sign=True)} |")
+    rows = [("Base", {v: {k: {"mean": n, "std": 0.0} for k, n in c.items()} for v, c in b["errors"].items()})] \
+        if "errors" in b else []
+    rows += [(m["label"], m["errors"]) for m in summary["methods"] if "errors" in m]
+    if rows:
+        lines += ["", "Wrong answers by kind at the last step (cordlite/testbed/errors.py), count of "
+                  f"{summary['test_clips']}, mean ± std over seeds: operands = the question was misread "
+                  "(wrong numbers or operations), steps = right operands but a wrong result along the chain.", "",
+                  "| method | audio: operands | audio: steps | audio: no chain | text: operands | text: steps |",
+                  "|---|---|---|---|---|---|"]
+        for label, e in rows:
+            a, t = e["audio"], e["text"]
+            lines.append(f"| {label} | {_pm(a['operands'])} | {_pm(a['steps'])} | {_pm(a['format'])} | "
+                         f"{_pm(t['operands'])} | {_pm(t['steps'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -107,7 +107,7 @@ def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int 
 @testbed.command("demo")
 @click.option("--dir", "testbed_dir", default="cache/testbed", show_default=True, help="Testbed build directory.")
 @click.option("--recipe", default="recipes/testbed_cord.yaml", show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="CORD steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=60, show_default=True, help="CORD steps.")
 @click.option("--out", default="runs/testbed_demo", show_default=True, help="Run directory (replaced).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 def demo_cmd(testbed_dir: str, recipe: str, steps: int, out: str, threads: int) -> None:

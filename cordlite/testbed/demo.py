@@ -1,6 +1,6 @@
 """The README's first command: build the testbed if needed, train CORD, report the gap before and after.
 
-    cordlite testbed demo [--dir cache/testbed] [--steps 100] [--out runs/testbed_demo]
+    cordlite testbed demo [--dir cache/testbed] [--steps 60] [--out runs/testbed_demo]
 
 Writes OUT/demo.json and OUT/demo.md (the same table it prints).
 """
@@ -16,7 +16,10 @@ from pathlib import Path
 from cordlite.files import write_text_atomic
 
 
-def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: int = 2) -> str:
+def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: int = 2, config=None,
+             overrides: tuple[str, ...] = ()) -> str:
+    """Returns the report (also OUT/demo.md). `config` is the build's TestbedConfig (default: the
+    testbed); `overrides` are extra `key=value` recipe settings."""
     import torch
     import yaml
 
@@ -27,9 +30,14 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, write_eval
     from cordlite.trainer import train
 
+    from cordlite.testbed.build import TestbedConfig
+
+    if not Path(recipe_path).is_file():
+        raise FileNotFoundError(f"--recipe {recipe_path}: no such file; run from the repository root or pass "
+                                "--recipe PATH/recipes/testbed_cord.yaml")
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    build(testbed_dir, threads=threads, workers=threads)
+    build(testbed_dir, config or TestbedConfig(), threads=threads, workers=threads)
     t_build = time.perf_counter() - t0
     raw = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
     run = Path(out)
@@ -37,7 +45,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     recipe = recipe_from_dict(raw, source=recipe_path, overrides=[
         f"model.name_or_path={Path(testbed_dir) / 'model'}",
         f"data.train_manifest={Path(testbed_dir) / 'data' / 'cord.jsonl'}",
-        f"train.max_steps={steps}", f"output.dir={run}", f"output.save_every={steps}"])
+        f"train.max_steps={steps}", f"output.dir={run}", f"output.save_every={steps}", *overrides])
     print(f"[demo] CORD: {steps} steps on {recipe.data.train_manifest}", file=sys.stderr, flush=True)
     t1 = time.perf_counter()
     train(recipe)
@@ -49,14 +57,15 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     write_eval(run / "eval_test.json", rows, after, {"adapter": str(run / "adapter"), "split": "test"})
     before = base_scores(testbed_dir)
     gap_paper = before["text_acc"] - after["audio_acc"]
-    reduction = 100.0 * (1 - gap_paper / before["gap"])
+    reduction = 100.0 * (1 - gap_paper / before["gap"]) if before["gap"] > 0 else None
+    reduction_text = "n/a, the base has no gap" if reduction is None else f"{reduction:.1f}%"
     lines = [f"Testbed test split ({after['n']} held-out questions in held-out voices), greedy:", "",
              "| model | audio acc. | text acc. | gap |", "|---|---|---|---|",
              f"| base | {before['audio_acc']:.1f} | {before['text_acc']:.1f} | {before['gap']:.1f} |",
              f"| + CORD, {steps} steps | {after['audio_acc']:.1f} | {after['text_acc']:.1f} | "
              f"{after['text_acc'] - after['audio_acc']:.1f} |", "",
              f"Gap against the base text view: {before['gap']:.1f} -> {gap_paper:.1f} points "
-             f"(reduction {reduction:.1f}%); text view {after['text_acc'] - before['text_acc']:+.1f} points.",
+             f"(reduction {reduction_text}); text view {after['text_acc'] - before['text_acc']:+.1f} points.",
              f"Time: build {t_build:.0f} s, CORD {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s.",
              f"Adapter: {run / 'adapter'}; full ablation: cordlite testbed ablate recipes/testbed_ablation.yaml"]
     report = "\n".join(lines) + "\n"
