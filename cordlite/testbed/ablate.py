@@ -1,8 +1,8 @@
 """The testbed ablation suite: the paper's comparison on the miniature LALM, with seeds and spread.
 
-    cordlite testbed ablate recipes/testbed_ablation.yaml [--jobs 2] [--seeds 0,1,2] [--steps 100]
+    cordlite testbed ablate recipes/suites/testbed_ablation.yaml [--jobs 2] [--seeds 0,1,2] [--steps 100]
 
-For every method x seed (recipes/testbed_ablation.yaml lists them): train from the built testbed
+For every method x seed (recipes/suites/testbed_ablation.yaml lists them): train from the built testbed
 checkpoint for the same number of steps with the same number of sequences per step, score the
 fixed test split (greedy, text view and audio view) every `eval_every` steps, and write
 OUT/<method>/seed_<k>/result.json. Finished runs are skipped on the next call (a changed setting
@@ -73,7 +73,7 @@ def load_suite(path: str | Path, seeds: tuple[int, ...] | None = None, steps: in
 
     p = Path(path)
     if not p.is_file():
-        raise SuiteError(f"{p}: no such suite file (see recipes/testbed_ablation.yaml)")
+        raise SuiteError(f"{p}: no such suite file (see recipes/suites/testbed_ablation.yaml)")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -182,10 +182,6 @@ def run_key(suite: Suite, method: Method, seed: int) -> str:
                     "testbed": _testbed_fingerprint(suite.testbed)})
 
 
-def _instruction(testbed: str) -> str:
-    return json.loads((Path(testbed) / "model" / "testbed.json").read_text(encoding="utf-8"))["instruction"]
-
-
 def _score(model, processor, examples, instruction, responses: Path | None = None) -> dict:
     """Test-split accuracies; with `responses`, also the answers (JSONL) and the kinds of audio and
     text errors (cordlite.testbed.errors)."""
@@ -292,7 +288,9 @@ def run_one(suite: Suite, method: Method, seed: int, threads: int = 1) -> dict:
 
     hf_logging.disable_progress_bar()  # two runs at a time: their weight-loading bars would interleave
     t0 = time.perf_counter()
-    instruction = _instruction(suite.testbed)
+    from cordlite.testbed.evaluate import testbed_instruction
+
+    instruction = testbed_instruction(suite.testbed)
     test = read_manifest(Path(suite.testbed) / "data" / "test.jsonl")
     _log(f"  [{method.name} seed {seed}] started")
     if method.kind == "align":

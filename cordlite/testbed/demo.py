@@ -27,7 +27,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     from cordlite.data import read_manifest
     from cordlite.testbed.ablate import base_scores
     from cordlite.testbed.build import build
-    from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, write_eval
+    from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
     from cordlite.trainer import train
 
     from cordlite.testbed.build import TestbedConfig
@@ -50,7 +50,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     t1 = time.perf_counter()
     train(recipe)
     t_train = time.perf_counter() - t1
-    instruction = json.loads((Path(testbed_dir) / "model" / "testbed.json").read_text(encoding="utf-8"))["instruction"]
+    instruction = testbed_instruction(testbed_dir)
     test = read_manifest(Path(testbed_dir) / "data" / "test.jsonl")
     model, processor = load_for_eval(Path(testbed_dir) / "model", run / "adapter")
     rows, after = evaluate_examples(model, processor, test, instruction, progress=True, label="eval test")
@@ -67,7 +67,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
              f"Gap against the base text view: {before['gap']:.1f} -> {gap_paper:.1f} points "
              f"(reduction {reduction_text}); text view {after['text_acc'] - before['text_acc']:+.1f} points.",
              f"Time: build {t_build:.0f} s, CORD {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s.",
-             f"Adapter: {run / 'adapter'}; full ablation: cordlite testbed ablate recipes/testbed_ablation.yaml"]
+             f"Adapter: {run / 'adapter'}; full ablation: cordlite testbed ablate recipes/suites/testbed_ablation.yaml"]
     report = "\n".join(lines) + "\n"
     write_text_atomic(run / "demo.md", report)
     write_text_atomic(run / "demo.json", json.dumps({"before": before, "after": after, "steps": steps,

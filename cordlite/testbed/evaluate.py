@@ -105,6 +105,15 @@ def write_eval(path: Path, rows: list[dict], summary: dict, meta: dict) -> None:
     tmp.replace(path)
 
 
+def testbed_instruction(testbed_dir: str | Path) -> str:
+    """The instruction the testbed was built with (every prompt must use it)."""
+    meta_path = Path(testbed_dir) / "model" / "testbed.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{testbed_dir}: no built testbed there ({meta_path} missing); run "
+                                f"`cordlite testbed build {testbed_dir}` first")
+    return json.loads(meta_path.read_text(encoding="utf-8"))["instruction"]
+
+
 def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "test", out: str | None = None,
              batch_size: int = 64, max_new_tokens: int = 64, progress: bool = True) -> tuple[Path, dict]:
     """Evaluate the built testbed (optionally with a trained adapter) on one split; returns the
@@ -114,11 +123,7 @@ def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "
     from cordlite.data import read_manifest
 
     root = Path(testbed_dir)
-    meta_path = root / "model" / "testbed.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{root}: no built testbed there ({meta_path} missing); run "
-                                f"`cordlite testbed build {root}` first")
-    instruction = json.loads(meta_path.read_text(encoding="utf-8"))["instruction"]
+    instruction = testbed_instruction(root)
     if adapter is not None:
         run_config = Path(adapter).parent / "config.yaml"
         if run_config.is_file():
