@@ -53,3 +53,14 @@ def short_answer_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
     gen["eos_token_id"] = eos + words[::2]
     gen_path.write_text(json.dumps(gen, indent=2))
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Library calls such as the testbed build set torch's thread count for their process; give
+    the next test the count it would have had (float reduction order depends on it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -172,7 +172,9 @@ def test_sigterm_saves_a_checkpoint_and_resume_replays_the_same_steps(tiny_model
     raw["train"].update(max_steps=200, batch_size=2, micro_batch_size=1)
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(yaml.safe_dump(raw))
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # The same torch thread count as the in-process runs below: a different count changes the order
+    # of float reductions, and the replayed losses are compared closely.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "cordlite", "train", str(recipe_path)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "killed" / "metrics.jsonl"
@@ -198,7 +200,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_replays_the_same_steps(tiny_model
     assert [r["step"] for r in a] == list(range(1, total + 1))
     assert [r["prompt_ids"] for r in a] == [r["prompt_ids"] for r in b]
     for ra, rb in zip(a, b):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-6), ra["step"]
+        # abs 1e-5: the loss is a difference of terms of order 1 and can sit near 0 (0.0137 at step 4)
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-5), ra["step"]
 
 
 def test_training_refuses_audio_only_rows(tiny_model_dir, tiny_manifest, tmp_path):
