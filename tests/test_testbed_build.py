@@ -130,3 +130,30 @@ def test_demo_on_the_toy_build(toy_build, tmp_path):
     assert saved["steps"] == 2 and saved["after"]["n"] == 8
     assert "| + CORD, 2 steps |" in report and (tmp_path / "demo" / "demo.md").read_text() == report
     assert (tmp_path / "demo" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_voicing_is_the_same_for_any_worker_count_and_after_an_interruption(tmp_path):
+    """espeak-ng carries state between utterances; fixed shards in fresh processes make every clip
+    (audio and word timings) a function of the task alone."""
+    import hashlib
+
+    from cordlite.testbed.task import TaskSpec, make_splits
+    from cordlite.testbed.voice import SHARD, voice_splits
+
+    splits = make_splits(TaskSpec(n_train=SHARD + 6, n_cord=2, n_val=2, n_test=2))  # 2 shards
+
+    def digest(d: Path) -> str:
+        h = hashlib.sha256()
+        for f in sorted(p for p in (d / "audio").rglob("*") if p.is_file()):
+            h.update(f.name.encode() + f.read_bytes())
+        return h.hexdigest()
+
+    voice_splits(splits, tmp_path / "one", workers=1, progress=False)
+    voice_splits(splits, tmp_path / "two", workers=2, progress=False)
+    assert digest(tmp_path / "one") == digest(tmp_path / "two")
+    wavs = sorted((tmp_path / "two" / "audio" / "train").glob("*.wav"))
+    for f in wavs[10:20]:  # as if killed with these clips not yet written
+        f.unlink()
+    assert voice_splits(splits, tmp_path / "two", workers=2, progress=False)["voiced_now"] == 10
+    assert digest(tmp_path / "one") == digest(tmp_path / "two")
+    assert (tmp_path / "one" / "train.jsonl").read_text() == (tmp_path / "two" / "train.jsonl").read_text()

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from cordlite.testbed.fit import FitConfig
 from cordlite.testbed.task import SPLIT_VOICES, TaskSpec, fingerprint, make_splits, spec_dict
+from cordlite.testbed.voice import SHARD, VOICING
 from cordlite.tiny_model import TinySpec
 
 MARKER = "testbed_stage.json"
@@ -159,6 +160,7 @@ class Builder:
         split_fps = {s: fingerprint(ps) for s, ps in splits.items()}
         data_fp = _digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
                            "voices": {k: dataclasses.asdict(v) for k, v in SPLIT_VOICES.items()},
+                           "voicing": [VOICING, SHARD],
                            "max_seconds": cfg.model.chunk_length_s})
         self._stage("data", "data", data_fp, lambda d: self._data(d, splits), in_place=True)
         init_fp = _digest({"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]})

@@ -9,7 +9,8 @@ stopped. The hash covers the text and the voice, so a clip made for another vers
 is never reused; clips no longer referenced are deleted at the end. A split's manifest
 (cordlite's format plus final/template/voice/seconds/words fields) is written last.
 
-espeak-ng runs as its library (espeakng-loader) in `workers` processes, not as the executable:
+espeak-ng runs as its library (espeakng-loader) in `workers` processes, one fresh process per
+fixed shard of 64 clips so that every clip is reproducible (see _speak_shard), not as the executable:
 the library reports where every word starts (`words`: [char start, char length, seconds]),
 which the audio alignment uses as a free forced alignment, and it skips a process start per
 clip (about 3x faster than the executable here).
@@ -23,13 +24,9 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cordlite.testbed.task import Problem
-
-_TTS = None  # one espeak engine per worker process
-
 
 def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -42,7 +39,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 def clip_path(p: Problem) -> str:
     """Path of a problem's clip relative to the data directory."""
-    digest = hashlib.sha256(f"{p.question}|{p.voice.label}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(f"{p.question}|{p.voice.label}|{VOICING}".encode()).hexdigest()[:10]
     return f"audio/{p.split}/{p.id}_{digest}.wav"
 
 
@@ -50,18 +47,34 @@ def _words_path(wav: Path) -> Path:
     return wav.with_suffix(".words.json")
 
 
-def _speak(job: tuple[str, str, int, int, str]) -> tuple[float, list]:
-    """Worker: synthesise one question, write the clip and its word timings; (seconds, words)."""
-    global _TTS
-    from cordlite.audio import SAMPLE_RATE, write_audio_atomic
+SHARD = 64  # clips voiced in order by one fresh process
+VOICING = 2  # part of every clip's name: bump when the same text and voice would sound different
+
+
+def _speak_shard(jobs: list[tuple[str, str, int, int, str, bool]]) -> list[tuple[int, float, list]]:
+    """Worker (a fresh process per shard): synthesise the shard's questions in order and write the
+    clips marked to write; returns (index in shard, seconds, words) of those.
+
+    espeak-ng carries state from one utterance to the next (the phase of its pitch flutter, the
+    sample positions of its word events), so a clip depends on what its process spoke before. Each
+    shard is a fixed slice of the build's clip list, spoken from a fresh engine from its first clip
+    (already written ones included, not written again): the same clip comes out the same whatever
+    the number of workers, their scheduling, or an earlier interruption."""
     from data_tools.espeak import EspeakTTS, Voice
 
-    text, name, rate, pitch, path = job
-    if _TTS is None:
-        _TTS = EspeakTTS("library")
-    audio, words = _TTS.synthesize_16k_with_words(text, Voice(name, rate, pitch))
+    tts = EspeakTTS("library")
+    out = []
+    for i, (text, name, rate, pitch, path, write) in enumerate(jobs):
+        audio, words = tts.synthesize_16k_with_words(text, Voice(name, rate, pitch))
+        if write:
+            out.append((i, *_write_clip(Path(path), audio, words)))
+    return out
+
+
+def _write_clip(wav: Path, audio, words) -> tuple[float, list]:
+    from cordlite.audio import SAMPLE_RATE, write_audio_atomic
+
     words = [[start, length, round(seconds, 4)] for start, length, seconds in words]
-    wav = Path(path)
     # Timings first, clip last: a clip on disk always has its timings next to it.
     tmp = _words_path(wav).with_name(f".{wav.stem}.tmp-{os.getpid()}.json")
     wav.parent.mkdir(parents=True, exist_ok=True)
@@ -100,17 +113,30 @@ def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int 
         else:
             done[p.id] = found
     t0 = time.perf_counter()
-    jobs = [(p.question, p.voice.name, p.voice.rate, p.voice.pitch, str(wav)) for p, wav in todo]
-    if jobs:
+    missing = {p.id for p, _ in todo}
+    shards = []
+    for start in range(0, len(problems), SHARD):
+        chunk = problems[start : start + SHARD]
+        if any(p.id in missing for p in chunk):
+            shards.append([(p, (p.question, p.voice.name, p.voice.rate, p.voice.pitch,
+                                str(data_dir / clip_path(p)), p.id in missing)) for p in chunk])
+    if shards:
         # fork on Linux: the workers touch only espeak, numpy and soundfile (never torch), and fork
-        # works from any script, where spawn would re-import a __main__ without a main guard.
+        # works from any script, where spawn would re-import a __main__ without a main guard. One
+        # process per shard (maxtasksperchild=1), so every shard starts from a fresh espeak engine;
+        # the parent never loads espeak itself during a build.
         ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-        with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx) as pool:
-            for i, ((p, _), result) in enumerate(zip(todo, pool.map(_speak, jobs, chunksize=32)), start=1):
-                done[p.id] = result
-                if progress and (i % 1000 == 0 or i == len(jobs)):
-                    rate = i / max(1e-9, time.perf_counter() - t0)
-                    print(f"  [data] voiced {i}/{len(jobs)} clips ({rate:.0f}/s)", file=sys.stderr, flush=True)
+        voiced = 0
+        with ctx.Pool(max(1, workers), maxtasksperchild=1) as pool:
+            work = [[job for _, job in shard] for shard in shards]
+            for shard, results in zip(shards, pool.imap(_speak_shard, work)):
+                for i, seconds, words in results:
+                    done[shard[i][0].id] = (seconds, words)
+                voiced += len(results)
+                if progress and (voiced // 1000 != (voiced - len(results)) // 1000 or voiced == len(todo)):
+                    rate = voiced / max(1e-9, time.perf_counter() - t0)
+                    print(f"  [data] voiced {voiced}/{len(todo)} clips ({rate:.0f}/s)", file=sys.stderr, flush=True)
+    jobs = todo
     if max_seconds is not None:
         long = [(pid, d) for pid, (d, _) in done.items() if d > max_seconds]
         if long:
