@@ -10,7 +10,7 @@ is never reused; clips no longer referenced are deleted at the end. A split's ma
 (cordlite's format plus final/template/voice/seconds/words fields) is written last.
 
 espeak-ng runs as its library (espeakng-loader) in `workers` processes, one fresh process per
-fixed shard of 64 clips so that every clip is reproducible (see _speak_shard), not as the executable:
+fixed shard of 512 clips so that every clip is reproducible (see _speak_shard), not as the executable:
 the library reports where every word starts (`words`: [char start, char length, seconds]),
 which the audio alignment uses as a free forced alignment, and it skips a process start per
 clip (about 3x faster than the executable here).
@@ -39,7 +39,7 @@ def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
 
 def clip_path(p: Problem) -> str:
     """Path of a problem's clip relative to the data directory."""
-    digest = hashlib.sha256(f"{p.question}|{p.voice.label}|{VOICING}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(f"{p.question}|{p.voice.label}|{VOICING}/{SHARD}".encode()).hexdigest()[:10]
     return f"audio/{p.split}/{p.id}_{digest}.wav"
 
 
@@ -47,8 +47,10 @@ def _words_path(wav: Path) -> Path:
     return wav.with_suffix(".words.json")
 
 
-SHARD = 64  # clips voiced in order by one fresh process
-VOICING = 2  # part of every clip's name: bump when the same text and voice would sound different
+# Clips voiced in order by one fresh process. A fresh engine spends about 1 s loading its data, so
+# shards are large; the shard size decides the audio, so it is part of every clip's name.
+SHARD = 512
+VOICING = 2  # part of every clip's name too: bump when the same text and voice would sound different
 
 
 def _speak_shard(jobs: list[tuple[str, str, int, int, str, bool]]) -> list[tuple[int, float, list]]:
