@@ -53,6 +53,12 @@ def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
     return model, processor, views, rt
 
 
+def _view_logprobs(model, view, c):
+    """Full log-probs [n, L, V] of the collected completions after each row's prompt in `view`."""
+    return full_logprobs(model, completion_hidden(model, repeat_rows(view, c.source), c.completion_ids,
+                                                  c.completion_mask), 64)
+
+
 def _collect(setup, objective, tmp_path, monkeypatch):
     model, processor, views, rt = setup
     recipe = recipe_from_dict(_raw("unused", "unused", tmp_path, objective), check_paths=False)
@@ -84,8 +90,7 @@ def test_sft_loss_is_the_audio_view_nll_of_the_teacher_rollouts(setup, tmp_path,
     recipe, c, _ = _collect(setup, "sft", tmp_path, monkeypatch)
     loss, stats = compute_loss(model, c, recipe, rt)
     with torch.no_grad():
-        lp = full_logprobs(model, completion_hidden(model, repeat_rows(views.audio, c.source), c.completion_ids,
-                                                    c.completion_mask), 64)
+        lp = _view_logprobs(model, views.audio, c)
         tok = lp.gather(-1, c.completion_ids.unsqueeze(-1)).squeeze(-1)
         expected = -(tok * c.completion_mask).sum(dim=1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -101,11 +106,9 @@ def test_forward_kl_loss_is_kl_teacher_text_to_student_audio(setup, tmp_path, mo
     recipe, c, _ = _collect(setup, "forward_kl", tmp_path, monkeypatch)
     loss, stats = compute_loss(model, c, recipe, rt)
     with torch.no_grad():
-        student = full_logprobs(model, completion_hidden(model, repeat_rows(views.audio, c.source), c.completion_ids,
-                                                         c.completion_mask), 64)
+        student = _view_logprobs(model, views.audio, c)
         with adapters_off(model):
-            teacher = full_logprobs(model, completion_hidden(model, repeat_rows(views.text, c.source),
-                                                             c.completion_ids, c.completion_mask), 64)
+            teacher = _view_logprobs(model, views.text, c)
         fkl = (teacher.exp() * (teacher - student)).sum(-1)  # [n, L]
         expected = (fkl * c.completion_mask).sum(dim=1).mean()  # alpha = beta = 1: uniform weights
     assert torch.allclose(c.teacher_lp, teacher, atol=1e-5)

@@ -166,12 +166,13 @@ def lora_recipe(suite: Suite, method: Method, seed: int, run_dir: Path):
 
 
 def _testbed_fingerprint(testbed: str) -> str:
-    marker = Path(testbed) / "model" / "testbed_stage.json"
-    try:
-        return json.loads(marker.read_text(encoding="utf-8"))["fingerprint"]
-    except (OSError, ValueError, KeyError):
-        raise SuiteError(f"testbed: {testbed} is not a finished build ({marker} missing); run "
-                         f"`cordlite testbed build {testbed}`") from None
+    from cordlite.testbed.build import MARKER, read_marker
+
+    marker = read_marker(Path(testbed) / "model")
+    if marker is None or "fingerprint" not in marker:
+        raise SuiteError(f"testbed: {testbed} is not a finished build ({Path(testbed) / 'model' / MARKER} "
+                         f"missing); run `cordlite testbed build {testbed}`")
+    return marker["fingerprint"]
 
 
 def run_key(suite: Suite, method: Method, seed: int) -> str:

@@ -92,9 +92,9 @@ def read_marker(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from cordlite.files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _install(tmp: Path, final: Path) -> None:

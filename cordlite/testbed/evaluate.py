@@ -96,13 +96,10 @@ def load_for_eval(model_dir: str | Path, adapter: str | Path | None = None):
 
 def write_eval(path: Path, rows: list[dict], summary: dict, meta: dict) -> None:
     """summary JSON at `path`, the per-answer rows next to it as <stem>_responses.jsonl (both atomic)."""
-    from cordlite.testbed.voice import write_jsonl_atomic
+    from cordlite.files import write_jsonl_atomic, write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(path.with_name(f"{path.stem}_responses.jsonl"), rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**meta, **summary}, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps({**meta, **summary}, indent=2) + "\n")
 
 
 def testbed_instruction(testbed_dir: str | Path) -> str:

@@ -21,21 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
 
+from cordlite.files import write_jsonl_atomic, write_text_atomic
 from cordlite.testbed.task import Problem
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def clip_path(p: Problem) -> str:
     """Path of a problem's clip relative to the data directory."""
@@ -78,10 +69,7 @@ def _write_clip(wav: Path, audio, words) -> tuple[float, list]:
 
     words = [[start, length, round(seconds, 4)] for start, length, seconds in words]
     # Timings first, clip last: a clip on disk always has its timings next to it.
-    tmp = _words_path(wav).with_name(f".{wav.stem}.tmp-{os.getpid()}.json")
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(words), encoding="utf-8")
-    os.replace(tmp, _words_path(wav))
+    write_text_atomic(_words_path(wav), json.dumps(words))
     write_audio_atomic(wav, audio)
     return len(audio) / SAMPLE_RATE, words
 
