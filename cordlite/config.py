@@ -77,6 +77,11 @@ class LoraConfig:
     projector: bool = False
     """Also adapt the audio projector (multi_modal_projector.linear) with LoRA. It only feeds the
     audio view, so the text view (and the teacher) are untouched by that part of the adapter."""
+    audio_encoder: bool = False
+    """Also adapt the audio encoder's attention and feed-forward linears (q/k/v/out_proj, fc1, fc2)
+    with LoRA. Like the projector it feeds the audio view only. With `target_modules: []` the
+    adapter is audio-side only and the text view is exactly the base's: the choice when the gap
+    is in what the model hears rather than in how it reasons (docs/testbed.md)."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,9 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     need(r.lora.r > 0, f"lora.r: {r.lora.r} must be > 0")
     need(r.lora.alpha > 0, f"lora.alpha: {r.lora.alpha} must be > 0")
     need(0.0 <= r.lora.dropout < 1.0, f"lora.dropout: {r.lora.dropout} must be in [0, 1)")
-    need(len(r.lora.target_modules) > 0, "lora.target_modules: list at least one linear layer name")
+    need(len(r.lora.target_modules) > 0 or r.lora.projector or r.lora.audio_encoder,
+         "lora.target_modules: list at least one linear layer name (or set lora.projector / "
+         "lora.audio_encoder for an audio-side-only adapter)")
     for needed in ("model.audio_tower", "model.multi_modal_projector"):
         need(r.quantization.mode == "none" or needed in r.quantization.skip_modules,
              f"quantization.skip_modules: must contain {needed!r} (the audio encoder and projector "
@@ -330,6 +337,9 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     if r.model.backend == "unsloth" and r.model.device == "cpu":
         problems.append("model.backend: 'unsloth' runs on NVIDIA GPUs only, but model.device is 'cpu'; "
                         "use backend: transformers on CPU, or device: cuda")
+    if r.model.backend == "unsloth" and (r.lora.projector or r.lora.audio_encoder or not r.lora.target_modules):
+        problems.append("lora.projector / lora.audio_encoder: unsloth adapts the language model only; set both "
+                        "false (with lora.target_modules listed) or use backend: transformers")
     if r.model.backend == "unsloth" and r.quantization.mode == "int8":
         problems.append("model.backend: 'unsloth' loads 4-bit (quantization.mode: nf4) or 16-bit (none), not "
                         "'int8'; change quantization.mode or use backend: transformers")

@@ -119,11 +119,23 @@ def _cpu_4bit_trainable(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def lora_target_regex(names: tuple[str, ...], projector: bool = False) -> str:
-    """LoRA on the language model's linear layers only (the audio encoder has q/k/v_proj too),
-    plus the audio projector's linear layer when `projector` (it feeds the audio view only)."""
-    language = r".*\.language_model\..*\.(" + "|".join(map(str, names)) + r")"
-    return f"({language}|.*\\.multi_modal_projector\\.linear)$" if projector else language + "$"
+AUDIO_ENCODER_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def lora_target_regex(names: tuple[str, ...], projector: bool = False, audio_encoder: bool = False) -> str:
+    """LoRA on the language model's linear layers `names` (the audio encoder has q/k/v_proj too,
+    so the match is anchored under language_model), plus the audio projector's linear layer when
+    `projector` and the audio encoder's linears when `audio_encoder` (both feed the audio view only)."""
+    parts = []
+    if names:
+        parts.append(r".*\.language_model\..*\.(" + "|".join(map(str, names)) + r")")
+    if projector:
+        parts.append(r".*\.multi_modal_projector\.linear")
+    if audio_encoder:
+        parts.append(r".*\.audio_tower\.layers\.\d+\.(.*\.)?(" + "|".join(AUDIO_ENCODER_LINEARS) + r")")
+    if not parts:
+        raise ValueError("lora: nothing to adapt (empty target_modules, projector and audio_encoder off)")
+    return "(" + "|".join(parts) + ")$"
 
 
 def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
@@ -140,7 +152,7 @@ def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_target_regex(lora.target_modules, lora.projector),
+        target_modules=lora_target_regex(lora.target_modules, lora.projector, lora.audio_encoder),
         bias="none",
     )
     peft_model = get_peft_model(model, config)

@@ -124,19 +124,30 @@ def test_off_policy_objectives_refuse_grpo(tmp_path):
         recipe_from_dict(raw, check_paths=False)
 
 
-def test_projector_lora_moves_the_audio_view_only(tiny_model_dir, tiny_manifest, tmp_path):
+@pytest.mark.parametrize("side", [
+    {"projector": True},                                             # LM + projector
+    {"audio_encoder": True},                                         # LM + audio encoder
+    {"audio_encoder": True, "projector": True, "target_modules": []},  # audio side only
+])
+def test_audio_side_lora_moves_the_audio_view_only(side, tiny_model_dir, tiny_manifest, tmp_path):
     raw = _raw(tiny_model_dir, tiny_manifest, tmp_path, "cord")
-    raw["lora"]["projector"] = True
+    raw["lora"].update(side)
     raw["loss"] = {}
     recipe = recipe_from_dict(raw)
     rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
     model, processor = load_base(recipe.model, recipe.quantization, rt)
     model = attach_lora(model, recipe.lora, rt, seed=0)
-    names = [n for n, _ in model.named_parameters() if "multi_modal_projector" in n and "lora_B" in n]
-    assert len(names) == 1
+    n_layers = model.get_base_model().config.audio_config.encoder_layers
+    lora_b = [n for n, _ in model.named_parameters() if "lora_B" in n]
+    audio_side = [n for n in lora_b if "multi_modal_projector" in n or "audio_tower" in n]
+    # 6 linears per encoder layer (q, k, v, out_proj, fc1, fc2), one in the projector
+    assert len(audio_side) == 6 * n_layers * side.get("audio_encoder", False) + side.get("projector", False)
+    assert (len(lora_b) == len(audio_side)) == (side.get("target_modules") == [])
+    assert not any("conv" in n or "embed_positions" in n for n in audio_side)
     for n, p in model.named_parameters():
-        if n in names:
-            p.data.fill_(0.5)  # only the projector's adapter is non-zero
+        if n in audio_side:
+            p.data.fill_(0.05)  # only the audio side's adapters are non-zero
+
     views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
     ids = torch.randint(0, 900, (2, 4))
     mask = torch.ones(2, 4, dtype=torch.long)
@@ -148,5 +159,48 @@ def test_projector_lora_moves_the_audio_view_only(tiny_model_dir, tiny_manifest,
                     return full_logprobs(model, completion_hidden(model, view, ids, mask), 64)
             return full_logprobs(model, completion_hidden(model, view, ids, mask), 64)
 
-    assert torch.equal(lp(views.text, False), lp(views.text, True))  # text view never sees the projector
+    assert torch.equal(lp(views.text, False), lp(views.text, True))  # the text view never reaches the audio side
     assert not torch.allclose(lp(views.audio, False), lp(views.audio, True), atol=1e-4)
+
+
+def test_lora_must_adapt_something(tmp_path):
+    raw = _raw("unused", "unused", tmp_path, "cord")
+    raw["lora"]["target_modules"] = []
+    with pytest.raises(ConfigError, match="lora.target_modules: list at least one"):
+        recipe_from_dict(raw, check_paths=False)
+
+
+def test_lora_target_regex_names_the_layers_of_each_side():
+    import re
+
+    from cordlite.models import lora_target_regex
+
+    names = {
+        "model.language_model.layers.0.self_attn.q_proj": "lm",
+        "model.language_model.layers.3.mlp.down_proj": "lm-mlp",
+        "model.audio_tower.layers.1.self_attn.q_proj": "encoder",
+        "model.audio_tower.layers.0.fc2": "encoder",
+        "model.audio_tower.conv1": "conv",
+        "model.multi_modal_projector.linear": "projector",
+        "lm_head": "head",
+    }
+
+    def hits(*args):
+        rx = re.compile(lora_target_regex(*args))
+        return sorted(n for n in names if rx.fullmatch(n))
+
+    lm_attention = ["model.language_model.layers.0.self_attn.q_proj"]
+    assert hits(("q_proj",)) == lm_attention  # the encoder's q_proj is not the language model's
+    assert hits(("q_proj",), True) == lm_attention + ["model.multi_modal_projector.linear"]
+    assert hits((), False, True) == ["model.audio_tower.layers.0.fc2", "model.audio_tower.layers.1.self_attn.q_proj"]
+    assert len(hits(("q_proj", "down_proj"), True, True)) == 5
+    with pytest.raises(ValueError, match="nothing to adapt"):
+        lora_target_regex((), False, False)
+
+
+def test_unsloth_refuses_audio_side_adapters(tmp_path):
+    raw = _raw("unused", "unused", tmp_path, "cord")
+    raw["model"] = {"name_or_path": "unused", "backend": "unsloth", "device": "cuda"}
+    raw["lora"]["audio_encoder"] = True
+    with pytest.raises(ConfigError, match="unsloth adapts the language model only"):
+        recipe_from_dict(raw, check_paths=False)
