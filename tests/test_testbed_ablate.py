@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cordlite.testbed.ablate import Method, Suite, SuiteError, load_suite, plot_curves, summarize, table_markdown
+from cordlite.testbed.suite import Method, Suite, SuiteError, load_suite
+from cordlite.testbed.summary import plot_curves, summarize, table_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -88,7 +88,8 @@ def test_recipe_loads_the_testbed(toy_build):
 
 def test_ablation_suite_on_the_toy_build(toy_build, tmp_path):
     """Every kind of method runs, each run's result is cached, the outputs are written."""
-    from cordlite.testbed.ablate import load_suite, run_suite
+    from cordlite.testbed.ablate import run_suite
+    from cordlite.testbed.suite import load_suite
 
     out, _ = toy_build
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
@@ -114,6 +115,9 @@ def test_ablation_suite_on_the_toy_build(toy_build, tmp_path):
     again = run_suite(load_suite(suite_file))  # all cached: the same runs come back
     torch.set_num_threads(threads)
     assert [r["seconds"] for r in again["runs"]] == [r["seconds"] for r in summary["runs"]]
+    assert (summary["runs_cached"], again["runs_cached"]) == (0, 3)
+    assert again["run_seconds_total"] == summary["run_seconds_total"]
+    assert "cached" not in json.loads((abl / "cord" / "seed_0" / "result.json").read_text())
 
 
 def test_demo_on_the_toy_build(toy_build, tmp_path):

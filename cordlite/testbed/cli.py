@@ -87,7 +87,8 @@ def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int 
     """Run every method x seed of SUITE_FILE on the built testbed; write table.md, results.json and
     curves.png. Finished runs are reused, interrupted ones resume."""
     from cordlite.config import ConfigError
-    from cordlite.testbed.ablate import SuiteError, load_suite, run_suite
+    from cordlite.testbed.ablate import run_suite
+    from cordlite.testbed.suite import SuiteError, load_suite
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
@@ -98,7 +99,7 @@ def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int 
         summary = run_suite(suite)
     except (SuiteError, ConfigError) as e:
         _fail(str(e), 2)
-    from cordlite.testbed.ablate import table_markdown
+    from cordlite.testbed.summary import table_markdown
 
     click.echo(table_markdown(summary))
     click.echo(f"written: {suite.out}/table.md, results.json, curves.png ({summary['wall_seconds']:.0f} s)")

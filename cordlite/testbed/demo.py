@@ -25,7 +25,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
 
     from cordlite.config import recipe_from_dict
     from cordlite.data import read_manifest
-    from cordlite.testbed.ablate import base_scores
+    from cordlite.testbed.summary import base_scores
     from cordlite.testbed.build import build
     from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
     from cordlite.trainer import train

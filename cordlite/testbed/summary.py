@@ -1,0 +1,152 @@
+"""The ablation suite's report: per-method mean and spread over seeds, table.md, curves.png.
+
+    summary = summarize(suite, base_scores(suite.testbed), results)   # PURE but for base_scores
+    write_outputs(suite, summary)   # OUT/results.json, OUT/table.md, OUT/curves.png (atomic)
+
+Gap, as in the paper: gap = Acc_text(base) - Acc_audio(method), gap reduction = 1 - gap / gap_base.
+The table also shows each method's own text accuracy and own gap (text - audio of the same
+weights), since post-training the shared language model can move the text view too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from pathlib import Path
+
+from cordlite.files import write_text_atomic
+from cordlite.testbed.suite import Suite, SuiteError
+
+
+def base_scores(testbed: str) -> dict:
+    path = Path(testbed) / "eval" / "base_test.json"
+    if not path.is_file():
+        raise SuiteError(f"testbed: {path} missing; finish the build with `cordlite testbed build {testbed}`")
+    s = json.loads(path.read_text(encoding="utf-8"))
+    out = {"step": 0, "text_acc": s["text_acc"], "audio_acc": s["audio_acc"], "gap": s["gap"], "n": s["n"]}
+    responses = path.with_name("base_test_responses.jsonl")
+    if responses.is_file():
+        from cordlite.data import read_manifest
+        from cordlite.testbed.errors import error_counts
+
+        rows = [json.loads(line) for line in responses.read_text(encoding="utf-8").splitlines() if line.strip()]
+        refs = {ex.id: ex.answer for ex in read_manifest(Path(testbed) / "data" / "test.jsonl")}
+        out["errors"] = {view: error_counts(rows, refs, view) for view in ("audio", "text")}
+    return out
+
+
+def _stats(values: list[float | None]) -> dict | None:
+    if not values or any(v is None for v in values):
+        return None
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "values": values}
+
+
+def summarize(suite: Suite, base: dict, results: list[dict]) -> dict:
+    """Per method: mean and spread over seeds of audio, text, own gap, paper gap and gap reduction,
+    at the final step and along the curve. PURE."""
+    text_base, gap_base = base["text_acc"], base["gap"]
+    methods = []
+    for m in suite.methods:
+        runs = sorted((r for r in results if r["method"] == m.name), key=lambda r: r["seed"])
+        if not runs:
+            continue
+        finals = [r["final"] for r in runs]
+        paper_gap = [text_base - f["audio_acc"] for f in finals]
+        row = {"name": m.name, "label": m.label, "seeds": [r["seed"] for r in runs],
+               "audio_acc": _stats([f["audio_acc"] for f in finals]),
+               "text_acc": _stats([f["text_acc"] for f in finals]),
+               "own_gap": _stats([f["text_acc"] - f["audio_acc"] for f in finals]),
+               "gap": _stats(paper_gap),
+               "gap_reduction": _stats([100.0 * (1 - g / gap_base) if gap_base > 0 else None for g in paper_gap]),
+               "text_change": _stats([f["text_acc"] - text_base for f in finals]),
+               "seconds_per_run": statistics.fmean(r["seconds"] for r in runs)}
+        with_errors = [f["errors"] for f in finals if "errors" in f]
+        if len(with_errors) == len(finals):
+            row["errors"] = {view: {k: _stats([e[view][k] for e in with_errors]) for k in with_errors[0][view]}
+                             for view in with_errors[0]}
+        curve = []
+        for i, step in enumerate(suite.eval_steps()):
+            points = [r["curve"][i] for r in runs if i < len(r["curve"])]
+            curve.append({"step": step, "audio_acc": _stats([p["audio_acc"] for p in points]),
+                          "gap": _stats([text_base - p["audio_acc"] for p in points]),
+                          "text_acc": _stats([p["text_acc"] for p in points])})
+        row["curve"] = curve
+        methods.append(row)
+    return {"suite": suite.path, "testbed": suite.testbed, "steps": suite.steps, "seeds": list(suite.seeds),
+            "test_clips": base["n"], "base": base, "methods": methods, "runs": results}
+
+
+def _pm(s: dict | None, digits: int = 1, sign: bool = False, unit: str = "") -> str:
+    if s is None:
+        return "n/a"
+    fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{fmt.format(s['mean'])}{unit} ± {s['std']:.{digits}f}{unit}"
+
+
+def table_markdown(summary: dict) -> str:
+    b = summary["base"]
+    lines = [f"Test split: {summary['test_clips']} held-out questions in held-out voices; "
+             f"{summary['steps']} steps per method; mean ± sample std over seeds {summary['seeds']}.",
+             "Gap = text accuracy of the base - audio accuracy of the method (the paper's Delta); "
+             "own gap = text - audio of the same weights.", "",
+             "| method | audio acc. | text acc. | gap | gap reduction | own gap | text change |",
+             "|---|---|---|---|---|---|---|",
+             f"| Base (testbed checkpoint) | {b['audio_acc']:.1f} | {b['text_acc']:.1f} | {b['gap']:.1f} | - | "
+             f"{b['gap']:.1f} | - |"]
+    for m in summary["methods"]:
+        lines.append(f"| {m['label']} | {_pm(m['audio_acc'])} | {_pm(m['text_acc'])} | {_pm(m['gap'])} | "
+                     f"{_pm(m['gap_reduction'], unit='%')} | {_pm(m['own_gap'])} | {_pm(m['text_change'], sign=True)} |")
+    rows = [("Base", {v: {k: {"mean": n, "std": 0.0} for k, n in c.items()} for v, c in b["errors"].items()})] \
+        if "errors" in b else []
+    rows += [(m["label"], m["errors"]) for m in summary["methods"] if "errors" in m]
+    if rows:
+        lines += ["", "Wrong answers by kind at the last step (cordlite/testbed/errors.py), count of "
+                  f"{summary['test_clips']}, mean ± std over seeds: operands = the question was misread "
+                  "(wrong numbers or operations), steps = right operands but a wrong result along the chain.", "",
+                  "| method | audio: operands | audio: steps | audio: no chain | text: operands | text: steps |",
+                  "|---|---|---|---|---|---|"]
+        for label, e in rows:
+            a, t = e["audio"], e["text"]
+            lines.append(f"| {label} | {_pm(a['operands'])} | {_pm(a['steps'])} | {_pm(a['format'])} | "
+                         f"{_pm(t['operands'])} | {_pm(t['steps'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = summary["base"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for m in summary["methods"]:
+        steps = [0] + [p["step"] for p in m["curve"]]
+        for ax, key, start in ((axes[0], "audio_acc", base["audio_acc"]), (axes[1], "gap", base["gap"])):
+            mean = [start] + [p[key]["mean"] for p in m["curve"]]
+            lo = [start] + [p[key]["min"] for p in m["curve"]]
+            hi = [start] + [p[key]["max"] for p in m["curve"]]
+            (line,) = ax.plot(steps, mean, marker="o", ms=3, label=m["label"])
+            ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+    axes[0].axhline(base["text_acc"], color="k", ls="--", lw=1, label="base text view")
+    axes[0].set(title="Audio-view accuracy on the test split", xlabel="training step", ylabel="accuracy (%)")
+    axes[1].set(title="Gap (base text acc. - audio acc.)", xlabel="training step", ylabel="points")
+    axes[0].legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Testbed ablation: mean over seeds {summary['seeds']}, band = min to max", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_outputs(suite: Suite, summary: dict) -> None:
+    out = Path(suite.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "table.md", table_markdown(summary))
+    plot_curves(summary, out / "curves.png")
