@@ -19,7 +19,6 @@ is cordlite.testbed.summary.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import platform
@@ -37,10 +36,6 @@ def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _base_raw(suite: Suite) -> dict:
@@ -74,10 +69,12 @@ def _testbed_fingerprint(testbed: str) -> str:
 
 def run_key(suite: Suite, method: Method, seed: int) -> str:
     """What decides a run's result: a changed key reruns it."""
-    return _digest({"method": [method.kind, method.recipe], "seed": seed, "steps": suite.steps,
-                    "eval_steps": suite.eval_steps(), "base": _base_raw(suite) if method.kind == "lora" else None,
-                    "control": [suite.control_lr, suite.control_warmup_steps] if method.kind == "align" else None,
-                    "testbed": _testbed_fingerprint(suite.testbed)})
+    from cordlite.testbed.build import digest
+
+    return digest({"method": [method.kind, method.recipe], "seed": seed, "steps": suite.steps,
+                   "eval_steps": suite.eval_steps(), "base": _base_raw(suite) if method.kind == "lora" else None,
+                   "control": [suite.control_lr, suite.control_warmup_steps] if method.kind == "align" else None,
+                   "testbed": _testbed_fingerprint(suite.testbed)})
 
 
 def _score(model, processor, examples, instruction, responses: Path | None = None) -> dict:

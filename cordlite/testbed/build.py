@@ -79,7 +79,8 @@ class TestbedConfig:
                    eval_batch_size=8, eval_max_new_tokens=8)
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
+    """16 hex digits of the sha256 of `obj` as canonical JSON: the fingerprint of stage and run settings."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -158,20 +159,20 @@ class Builder:
         splits = make_splits(cfg.task)
         self._check_fixed(splits)
         split_fps = {s: fingerprint(ps) for s, ps in splits.items()}
-        data_fp = _digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
+        data_fp = digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
                            "voices": {k: dataclasses.asdict(v) for k, v in SPLIT_VOICES.items()},
                            "voicing": [VOICING, SHARD],
                            "max_seconds": cfg.model.chunk_length_s})
         self._stage("data", "data", data_fp, lambda d: self._data(d, splits), in_place=True)
-        init_fp = _digest({"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]})
+        init_fp = digest({"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]})
         self._stage("init", "init", init_fp, lambda d: self._init(d, splits))
-        text_fp = _digest({"init": init_fp, "fit": dataclasses.asdict(cfg.text), "instruction": cfg.instruction,
+        text_fp = digest({"init": init_fp, "fit": dataclasses.asdict(cfg.text), "instruction": cfg.instruction,
                            "train": split_fps["train"], "val": split_fps["val"]})
         self._stage("text", "text_model", text_fp, lambda d: self._text(d, splits))
-        align_fp = _digest({"text": text_fp, "fit": dataclasses.asdict(cfg.align), "data": data_fp,
+        align_fp = digest({"text": text_fp, "fit": dataclasses.asdict(cfg.align), "data": data_fp,
                             "transcript_weight": cfg.transcript_weight})
         self._stage("align", "model", align_fp, self._align)
-        eval_fp = _digest({"align": align_fp, "data": data_fp, "batch": cfg.eval_batch_size,
+        eval_fp = digest({"align": align_fp, "data": data_fp, "batch": cfg.eval_batch_size,
                            "max_new_tokens": cfg.eval_max_new_tokens})
         self._stage("eval", "eval", eval_fp, self._eval)
         return self._write_record()

@@ -28,9 +28,10 @@ def base_scores(testbed: str) -> dict:
     responses = path.with_name("base_test_responses.jsonl")
     if responses.is_file():
         from cordlite.data import read_manifest
+        from cordlite.eval_io import read_rows
         from cordlite.testbed.errors import error_counts
 
-        rows = [json.loads(line) for line in responses.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = read_rows(responses)
         refs = {ex.id: ex.answer for ex in read_manifest(Path(testbed) / "data" / "test.jsonl")}
         out["errors"] = {view: error_counts(rows, refs, view) for view in ("audio", "text")}
     return out

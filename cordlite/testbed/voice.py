@@ -9,8 +9,8 @@ stopped. The hash covers the text and the voice, so a clip made for another vers
 is never reused; clips no longer referenced are deleted at the end. A split's manifest
 (cordlite's format plus final/template/voice/seconds/words fields) is written last.
 
-espeak-ng runs as its library (espeakng-loader) in `workers` processes, one fresh process per
-fixed shard of 512 clips so that every clip is reproducible (see _speak_shard), not as the executable:
+espeak-ng runs as its library (espeakng-loader), not as the executable, in `workers` processes,
+a fresh one per fixed shard of 512 clips so that every clip is reproducible (see _speak_shard):
 the library reports where every word starts (`words`: [char start, char length, seconds]),
 which the audio alignment uses as a free forced alignment, and it skips a process start per
 clip (about 3x faster than the executable here).
@@ -126,7 +126,6 @@ def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int 
                 if progress and (voiced // 1000 != (voiced - len(results)) // 1000 or voiced == len(todo)):
                     rate = voiced / max(1e-9, time.perf_counter() - t0)
                     print(f"  [data] voiced {voiced}/{len(todo)} clips ({rate:.0f}/s)", file=sys.stderr, flush=True)
-    jobs = todo
     if max_seconds is not None:
         long = [(pid, d) for pid, (d, _) in done.items() if d > max_seconds]
         if long:
@@ -146,4 +145,4 @@ def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int 
     for stale in (data_dir / "audio").glob("*/*"):
         if stale.resolve() not in keep and not stale.name.startswith("."):
             stale.unlink(missing_ok=True)
-    return {"splits": out, "voiced_now": len(jobs), "voicing_seconds": round(time.perf_counter() - t0, 1)}
+    return {"splits": out, "voiced_now": len(todo), "voicing_seconds": round(time.perf_counter() - t0, 1)}
