@@ -22,15 +22,8 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from cordlite.tiny_model import (
-    MARKER_FILE,
-    QWEN2_AUDIO_CHAT_TEMPLATE,
-    SPECIAL_TOKENS,
-    TinySpec,
-    build_tiny_qwen2audio,
-    ensure_tiny_qwen2audio,
-    read_marker,
-)
+from cordlite.tiny_model import MARKER_FILE, TinySpec, build_tiny_qwen2audio, ensure_tiny_qwen2audio, read_marker
+from cordlite.tiny_processor import QWEN2_AUDIO_CHAT_TEMPLATE, SPECIAL_TOKENS
 
 SAMPLING_RATE = 16000
 MESSAGES = [

@@ -193,7 +193,8 @@ class Builder:
         import torch
 
         from cordlite.testbed.stages import load_checkpoint, save_checkpoint
-        from cordlite.tiny_model import build_tiny_qwen2audio, default_corpus
+        from cordlite.tiny_model import build_tiny_qwen2audio
+        from cordlite.tiny_processor import default_corpus
 
         corpus = default_corpus() + [p.question for p in splits["train"]] + [p.answer for p in splits["train"]]
         build_tiny_qwen2audio(work / "raw", self.cfg.model, corpus)
