@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cordlite.evaluate import baseline_report, summarize
+from cordlite.eval_summary import baseline_report, summarize
 from cordlite.verify import EXTRACTION_MODES, convention_score, gsm8k_final_number, mmau_string_match
 from cordlite.voicebench_rules import voicebench_letter
 
