@@ -11,16 +11,8 @@ import torch
 import yaml
 
 from cordlite.config import JudgeConfig, LoraConfig, ModelConfig, QuantizationConfig, TrainConfig
-from cordlite.judge import (
-    TEMPLATE_VERSION,
-    Judge,
-    JudgeItem,
-    LLMJudge,
-    VerdictCache,
-    build_judge,
-    cache_key,
-    parse_verdict,
-)
+from cordlite.judge import Judge, JudgeItem, build_judge
+from cordlite.llm_judge import TEMPLATE_VERSION, LLMJudge, VerdictCache, cache_key, parse_verdict
 from cordlite.judge_check import confusion
 
 # --------------------------------------------------------------------------- pure parts
