@@ -31,12 +31,11 @@ import numpy as np
 
 from cordlite.eval_io import (
     EvalError,
-    append_rows,
     check_run_file,
     load_eval_model,
-    read_rows,
     resolve_model,
 )
+from cordlite.files import append_jsonl, read_jsonl
 from cordlite.report import divergence_histogram, heat_strip, md_table, write_text_atomic
 
 
@@ -174,7 +173,7 @@ def run_diagnose(s: DiagnoseSettings) -> dict:
     check_run_file(out, settings, RESUME_KEYS, "rollouts.jsonl", s.overwrite)
     path = out / "rollouts.jsonl"
     counts: dict[str, int] = defaultdict(int)
-    for row in read_rows(path):
+    for row in read_jsonl(path):
         counts[row.get("id")] += 1
     todo = [(i, ex) for i, ex in enumerate(examples) if counts[ex.id] < s.rollouts]
     if todo:
@@ -190,7 +189,7 @@ def run_diagnose(s: DiagnoseSettings) -> dict:
                        file=sys.stderr)
         for start in range(0, len(todo), s.batch_size):
             chunk = todo[start : start + s.batch_size]
-            append_rows(path, _rollout_rows(net, processor, rt, [ex for _, ex in chunk], chunk[0][0], s, tokens))
+            append_jsonl(path, _rollout_rows(net, processor, rt, [ex for _, ex in chunk], chunk[0][0], s, tokens))
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -198,7 +197,7 @@ def run_diagnose(s: DiagnoseSettings) -> dict:
     wanted = {ex.id for ex in examples}
     seen: set[tuple] = set()
     rows = []
-    for row in read_rows(path):
+    for row in read_jsonl(path):
         key = (row.get("id"), row.get("rollout"))
         if row.get("id") in wanted and key not in seen:
             seen.add(key)

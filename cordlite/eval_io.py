@@ -1,14 +1,13 @@
 """What `cordlite eval`, `diagnose` and `judge-check` share: the model under evaluation (base or
 merged checkpoint, optionally with a LoRA adapter) and resumable output files.
 
-Outputs are JSONL appended batch by batch with fsync; `run.json` records the settings, and a
+Outputs are JSONL appended batch by batch with fsync (cordlite.files.append_jsonl); `run.json` records the settings, and a
 rerun continues only when the settings that shape the results are the same (else --overwrite).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from cordlite.report import write_text_atomic
@@ -63,27 +62,6 @@ def load_eval_model(model: str, adapter: str | None, quantization: str, device: 
                             "trained on") from None
     net.eval()
     return net, processor, rt
-
-
-def read_rows(path: Path) -> list[dict]:
-    """JSONL rows; a last line cut short by a kill is dropped (its batch is redone)."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def check_run_file(out: Path, settings: dict, keys: tuple[str, ...], data_file: str, overwrite: bool) -> None:

@@ -32,7 +32,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cordlite.eval_io import EvalError, append_rows, check_run_file, load_eval_model, read_rows, resolve_model
+from cordlite.eval_io import EvalError, check_run_file, load_eval_model, resolve_model
+from cordlite.files import append_jsonl, read_jsonl
 from cordlite.eval_summary import baseline_report, load_baseline, summarize, write_outputs
 from cordlite.verify import (EXTRACTION_MODES, LETTERS, convention_score, describe, extract_final_answer,
                              has_final_answer)
@@ -194,7 +195,7 @@ def _generate_missing(s: EvalSettings, model_path: str, examples: list, done: se
                     "question": ex.question, "answer": ex.answer, "choices": ex.choices, "response": t,
                     "correct": correct, "judged_by": by, **extra, "n_tokens": int(n), "truncated": tr,
                 })
-        append_rows(responses, rows)
+        append_jsonl(responses, rows)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -226,10 +227,10 @@ def run_eval(s: EvalSettings) -> dict:
     settings = {**dataclasses.asdict(s), "model": model_path}
     check_run_file(out, settings, RESUME_KEYS, "responses.jsonl", s.overwrite)
     responses = out / "responses.jsonl"
-    by_key = {(r.get("id"), r.get("modality")): r for r in read_rows(responses)}
+    by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
     done = {ex.id for ex in examples if all((ex.id, m) in by_key for m in modalities_of(ex))}
     _generate_missing(s, model_path, examples, done, responses)
-    by_key = {(r.get("id"), r.get("modality")): r for r in read_rows(responses)}
+    by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
     rows = [by_key[(ex.id, m)] for ex in examples for m in modalities_of(ex)]
     subsets = {ex.id: subset_of(ex, s.subset_field) for ex in examples}
     summary = summarize(rows, subsets, settings)

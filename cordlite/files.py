@@ -1,5 +1,7 @@
-"""Atomic file writes: a reader (or a process killed mid-write) sees the old file or the new one,
-never half of one. Write to a hidden temp file in the same directory, fsync, os.replace."""
+"""Files that survive a kill. Atomic writes: a reader (or a process killed mid-write) sees the old
+file or the new one, never half of one (a hidden temp file in the same directory, fsync,
+os.replace). Append-only JSONL: rows are appended with fsync, and reading skips a last line that a
+kill cut short, so a long job resumes from what it wrote."""
 
 from __future__ import annotations
 
@@ -34,3 +36,27 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
     return write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Append rows to a JSONL file (created with its folder if missing), flushed and fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON-object rows of an append-only JSONL file ([] if it does not exist); a line that is
+    not a whole JSON object (cut short by a kill) is skipped: its work is redone."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows

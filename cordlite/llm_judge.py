@@ -14,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
 
+from cordlite.files import append_jsonl, read_jsonl
 from cordlite.verify import LETTERS
 
 TEMPLATE_VERSION = "same-final-answer-v1"
@@ -78,13 +78,8 @@ class VerdictCache:
         self.path = path
         self.write = write  # under data parallelism only rank 0 appends; the others read
         self.rows: dict[str, dict] = {}
-        if path is not None and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.rows[row["key"]] = row
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut short by a kill: that pair is asked again
+        if path is not None:  # a line cut short by a kill is skipped (read_jsonl): that pair is asked again
+            self.rows.update((row["key"], row) for row in read_jsonl(path) if "key" in row)
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key)
@@ -93,11 +88,7 @@ class VerdictCache:
         for row in rows:
             self.rows[row["key"]] = row
         if self.path is not None and self.write and rows:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(self.path, rows)
 
 
 @dataclass(frozen=True)

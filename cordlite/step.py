@@ -21,8 +21,6 @@ This is the only module that unpacks the recipe for the math; the functions it c
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch
 from cordlite.advantages import group_advantages
 from cordlite.config import Recipe
 from cordlite.data import Example, ViewBatch
+from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge import Judge, JudgeItem, rule_rewards
 from cordlite.logprobs import completion_hidden, full_logprobs, student_token_terms
 from cordlite.losses import policy_gradient_loss, sft_loss, weighted_token_loss
@@ -63,21 +62,13 @@ class ReferenceStore:
         self.path = path
         self.write = write  # under data parallelism only rank 0 appends; the others read
         self.answers: dict[str, str] = {}
-        if path is not None and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                    self.answers[row["id"]] = row["reference"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue  # a line cut short by a kill: regenerate that answer
+        if path is not None:  # a line cut short by a kill is skipped (read_jsonl): that answer is made again
+            self.answers.update((r["id"], r["reference"]) for r in read_jsonl(path) if "id" in r and "reference" in r)
 
     def add(self, example_id: str, text: str) -> None:
         self.answers[example_id] = text
         if self.path is not None and self.write:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({"id": example_id, "reference": text}) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_jsonl(self.path, [{"id": example_id, "reference": text}])
 
 
 @dataclass

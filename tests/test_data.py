@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from cordlite.data import ManifestError, batch_indices, epoch_order, read_manifest
+from cordlite.files import append_jsonl, read_jsonl, write_jsonl_atomic
 
 
 def _wav(path: Path, seconds: float = 0.5, sr: int = 16000, freq: float = 440.0) -> Path:
@@ -189,3 +190,15 @@ def test_batch_larger_than_dataset():
     idx = batch_indices(3, 7, 0, seed=0)
     assert len(idx) == 7
     assert sorted(idx[:3]) == sorted(idx[3:6]) == [0, 1, 2]
+
+
+def test_append_only_jsonl_survives_a_line_cut_short(tmp_path):
+    path = tmp_path / "sub" / "rows.jsonl"
+    assert read_jsonl(path) == []  # nothing written yet
+    append_jsonl(path, [{"id": "a", "n": 1}])
+    append_jsonl(path, [{"id": "b", "n": 2}, {"id": "c", "n": 3}])
+    with path.open("a", encoding="utf-8") as f:
+        f.write('[1, 2]\n{"id": "d", "n"')  # a non-object row, then a kill mid-line
+    assert read_jsonl(path) == [{"id": "a", "n": 1}, {"id": "b", "n": 2}, {"id": "c", "n": 3}]
+    write_jsonl_atomic(path, read_jsonl(path)[:1])  # rewritten whole: the broken tail is gone
+    assert path.read_text(encoding="utf-8") == '{"id": "a", "n": 1}\n'

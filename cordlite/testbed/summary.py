@@ -28,10 +28,10 @@ def base_scores(testbed: str) -> dict:
     responses = path.with_name("base_test_responses.jsonl")
     if responses.is_file():
         from cordlite.data import read_manifest
-        from cordlite.eval_io import read_rows
+        from cordlite.files import read_jsonl
         from cordlite.testbed.errors import error_counts
 
-        rows = read_rows(responses)
+        rows = read_jsonl(responses)
         refs = {ex.id: ex.answer for ex in read_manifest(Path(testbed) / "data" / "test.jsonl")}
         out["errors"] = {view: error_counts(rows, refs, view) for view in ("audio", "text")}
     return out
