@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cordlite.testbed.build import STAGES, TestbedConfig, build, read_marker
+from cordlite.testbed.fit import FitConfig, fit_fingerprint, lr_factor
 from cordlite.testbed.stages import frame_token_labels
 
 
@@ -36,6 +37,18 @@ def toy_build(tmp_path_factory):
     record = build(out, TestbedConfig.toy(), threads=1, workers=2, progress=False)
     torch.set_num_threads(torch_threads)
     return out, record
+
+
+def test_lr_factor_warmup_then_constant_or_linear_decay():
+    const = FitConfig(max_steps=10, warmup_steps=2)
+    assert [lr_factor(s, const) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    lin = FitConfig(max_steps=10, warmup_steps=2, schedule="linear")
+    # warm-up 1/2, 2/2; then (10 - s) / 8: 1 at step 2 down to 1/8 at the last step (9)
+    assert [lr_factor(s, lin) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+    with pytest.raises(ValueError, match="schedule 'cosine': choose one of constant, linear"):
+        FitConfig(schedule="cosine")
+    # The default schedule is not in the stage fingerprint (builds from before the field stay valid).
+    assert "schedule" not in fit_fingerprint(const) and fit_fingerprint(lin)["schedule"] == "linear"
 
 
 def test_toy_build_artefacts(toy_build):

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cordlite.testbed.fit import FitConfig
+from cordlite.testbed.fit import FitConfig, fit_fingerprint
 from cordlite.testbed.task import SPLIT_VOICES, TaskSpec, fingerprint, make_splits, spec_dict
 from cordlite.testbed.voice import SHARD, VOICING
 from cordlite.tiny_model import TinySpec
@@ -166,10 +166,10 @@ class Builder:
         self._stage("data", "data", data_fp, lambda d: self._data(d, splits), in_place=True)
         init_fp = digest({"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]})
         self._stage("init", "init", init_fp, lambda d: self._init(d, splits))
-        text_fp = digest({"init": init_fp, "fit": dataclasses.asdict(cfg.text), "instruction": cfg.instruction,
+        text_fp = digest({"init": init_fp, "fit": fit_fingerprint(cfg.text), "instruction": cfg.instruction,
                            "train": split_fps["train"], "val": split_fps["val"]})
         self._stage("text", "text_model", text_fp, lambda d: self._text(d, splits))
-        align_fp = digest({"text": text_fp, "fit": dataclasses.asdict(cfg.align), "data": data_fp,
+        align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
                             "transcript_weight": cfg.transcript_weight})
         self._stage("align", "model", align_fp, self._align)
         eval_fp = digest({"align": align_fp, "data": data_fp, "batch": cfg.eval_batch_size,

@@ -14,6 +14,7 @@ cordlite.data.batch_indices (a seeded permutation per epoch).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,9 @@ import torch.nn.functional as F
 from cordlite.data import batch_indices
 from cordlite.logprobs import completion_hidden
 from cordlite.models import base_of
+
+
+SCHEDULES = ("constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class FitConfig:
     """Hard budget; the stage also stops earlier when the target is reached."""
     warmup_steps: int = 50
     """Linear warm-up from 0 to lr."""
+    schedule: str = "constant"
+    """After warm-up: "constant", or "linear" (down to 0 at max_steps; docs/testbed.md, second build)."""
     eval_every: int = 25
     """Steps between evaluations of the stopping metric."""
     target: float = 1.0
@@ -49,6 +55,10 @@ class FitConfig:
     """Global gradient-norm clip (0 = none)."""
     seed: int = 0
     """Seed of the data order and of any sampling inside the loss."""
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"FitConfig.schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}")
 
 
 @dataclass
@@ -89,6 +99,23 @@ def answer_loss(model, prompt: dict[str, torch.Tensor], completion_ids: torch.Te
     return loss, stats, exact
 
 
+def fit_fingerprint(cfg: FitConfig) -> dict:
+    """cfg as a dict for the build's stage fingerprints. `schedule` came after the first builds:
+    left out at its default, so their stages stay valid (they were all trained at a constant rate)."""
+    d = dataclasses.asdict(cfg)
+    if d["schedule"] == "constant":
+        del d["schedule"]
+    return d
+
+
+def lr_factor(step: int, cfg: FitConfig) -> float:
+    """Multiplier of cfg.lr at optimizer step `step` (0-based): linear warm-up, then the schedule."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.schedule == "constant" or step < cfg.warmup_steps:
+        return warm
+    return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps))  # "linear"
+
+
 def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], tuple[torch.Tensor, dict]],
         evaluate: Callable[[], float], n_examples: int, cfg: FitConfig, label: str,
         progress: bool = True) -> FitResult:
@@ -97,7 +124,7 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
     step_loss(indices, step) returns (loss, stats) for one batch; evaluate() returns the
     stopping metric in [0, 1] (it is also run before the first step)."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     t0 = time.perf_counter()
     history: list[dict] = []
     metric = evaluate()
