@@ -6,9 +6,9 @@
 Both trained stages of the build (the text model, then the audio alignment) minimise the
 negative log-likelihood of the reference chain of thought after a prompt (text view or audio
 view), with AdamW, linear warm-up and a constant rate (or a linear decay, `schedule`), and stop
-as soon as a validation metric reaches its target (or at max_steps). Stopping at a target instead of after a fixed number of
-steps is what makes the teacher "good but not perfect" and the audio view "aligned, but less",
-whatever the speed of the machine. Everything is seeded; the data order is
+as soon as a validation metric reaches its target (or at max_steps). Stopping at a target
+instead of after a fixed number of steps is what makes the teacher "good but not perfect" and the
+audio view "aligned, but less", whatever the speed of the machine. Everything is seeded; the data order is
 cordlite.data.batch_indices (a seeded permutation per epoch).
 """
 
