@@ -8,8 +8,8 @@ negative log-likelihood of the reference chain of thought after a prompt (text v
 view), with AdamW, linear warm-up and a constant rate (or a linear decay, `schedule`), and stop
 as soon as a validation metric reaches its target (or at max_steps). Stopping at a target
 instead of after a fixed number of steps is what makes the teacher "good but not perfect" and the
-audio view "aligned, but less", whatever the speed of the machine. Everything is seeded; the data order is
-cordlite.data.batch_indices (a seeded permutation per epoch).
+audio view "aligned, but less", whatever the speed of the machine. Everything is seeded; the data
+order is cordlite.data.batch_indices (a seeded permutation per epoch).
 """
 
 from __future__ import annotations
