@@ -65,9 +65,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from data_tools.build import build
     from data_tools.check import check_manifest
-    from data_tools.job import job_from_dict
+    from data_tools.job.build import build
+    from data_tools.job.config import job_from_dict
 
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)

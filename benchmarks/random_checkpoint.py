@@ -18,7 +18,7 @@ Whisper-large-v3 encoder (d_model 1280, 32 layers, 20 heads, ffn 5120, 128 mel b
 max_source_positions 1500) and audio_token_index is 151646. The same values are transformers'
 Qwen2AudioConfig defaults for the audio side (transformers/models/qwen2_audio/configuration_qwen2_audio.py).
 
-The tokenizer is cordlite's small locally trained one (cordlite.tiny_model), because the real
+The tokenizer is cordlite's small locally trained one (cordlite.models.tiny_checkpoint), because the real
 one cannot be downloaded here: the embedding and LM head keep all 156032 rows, and
 audio_token_index is set to the small tokenizer's <|AUDIO|> id so the processor's audio
 placeholders line up. Prompts therefore tokenize into somewhat more tokens than with Qwen's
@@ -72,7 +72,7 @@ QWEN2_AUDIO_7B = Arch(
     rms_norm_eps=1e-5, audio_d_model=1280, audio_layers=32, audio_heads=20, audio_ffn_dim=5120, num_mel_bins=128,
     max_source_positions=1500,
 )
-# cordlite.tiny_model.TinySpec's shapes with a 30 s audio window (max_source_positions 1500 like the 7B).
+# cordlite.models.tiny.TinySpec's shapes with a 30 s audio window (max_source_positions 1500 like the 7B).
 TINY = Arch(
     name="tiny", vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=8192, rms_norm_eps=1e-5, audio_d_model=64,
@@ -83,8 +83,9 @@ ARCHS = {"7b": QWEN2_AUDIO_7B, "tiny": TINY}
 
 def _processor_source(cache: Path) -> Path:
     """A tiny cordlite checkpoint with a 30 s feature extractor: its tokenizer, processor and chat
-    template are reused (public API: cordlite.tiny_model.ensure_tiny_qwen2audio)."""
-    from cordlite.tiny_model import TinySpec, ensure_tiny_qwen2audio
+    template are reused (public API: cordlite.models.tiny_checkpoint.ensure_tiny_qwen2audio)."""
+    from cordlite.models.tiny import TinySpec
+    from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
 
     return ensure_tiny_qwen2audio(cache / "processor-30s", TinySpec(chunk_length_s=30))
 

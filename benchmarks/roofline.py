@@ -41,7 +41,7 @@ def storage_bytes(p: torch.Tensor) -> int:
 
 def weight_bytes_per_token(model) -> dict[str, int]:
     """Bytes of parameter storage read to decode one token (batch 1), by kind; `total` sums them."""
-    from cordlite.models import base_of
+    from cordlite.models.lora import base_of
 
     out = {"lm_4bit": 0, "lm_other": 0, "lora": 0, "embed_row": 0, "lm_head": 0}
     for name, p in base_of(model).named_parameters():

@@ -12,7 +12,7 @@ attach_lora: NF4 base, LoRA r=16 on the language model), and runs K CORD steps w
 settings: one distillation rollout at T=1.0 plus N=4 group rollouts at T=1.5, exactly 200 new
 tokens each (the end tokens are suppressed so no rollout stops early), a 30 s spoken prompt
 (750 audio positions), the teacher's text-view reference answer, the full-vocabulary reverse KL,
-GRPO, backward and AdamW. Each step is cordlite.step.collect + compute_loss + backward + optimizer,
+GRPO, backward and AdamW. Each step is cordlite.objective.step.collect + compute_loss + backward + optimizer,
 the trainer's own calls.
 
 Reported (JSON + Markdown table in benchmarks/results/, written atomically):
@@ -112,7 +112,7 @@ def speedups(model, static_cache: bool, compile_layers: bool) -> None:
     """The decode options: a static KV cache (read by generate from the model's generation config,
     so cordlite's own sample() picks it up) and torch.compile on each decoder layer (transformers'
     automatic generate-compile is off for bitsandbytes models, so it is applied per layer here)."""
-    from cordlite.models import base_of
+    from cordlite.models.lora import base_of
 
     base = base_of(model)
     if static_cache:
@@ -125,9 +125,11 @@ def speedups(model, static_cache: bool, compile_layers: bool) -> None:
 def run_config(recipe, teacher_mode: str, args, examples) -> dict:
     """Load, run warm-up + measured steps, and return the figures of one teacher configuration."""
     from cordlite.data import AudioCache, encode_views
-    from cordlite.models import attach_lora, load_base, resolve_runtime, trainable_parameters
-    from cordlite.step import ReferenceStore, Tokens, collect, compute_loss
-    from cordlite.trainer import merge_stats, step_seed
+    from cordlite.models.lora import attach_lora, trainable_parameters
+    from cordlite.models.load import load_base
+    from cordlite.models.runtime import resolve_runtime
+    from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
+    from cordlite.train.trainer import merge_stats, step_seed
     from benchmarks.step_variants import collect_variant, load_teacher_copy
 
     rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
@@ -281,7 +283,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict | None:
-    from cordlite.config import load_recipe
+    from cordlite.recipe import load_recipe
     from cordlite.data import read_manifest
 
     if args.estimate:
@@ -357,7 +359,9 @@ def run(args: argparse.Namespace) -> dict | None:
 
 def weights_report(recipe, args, device: str, overrides: list[str]) -> dict:
     """The weights alone, loaded exactly as for the steps: storage by kind and bytes read per token."""
-    from cordlite.models import attach_lora, base_of, load_base, resolve_runtime, trainable_parameters
+    from cordlite.models.lora import attach_lora, base_of, trainable_parameters
+    from cordlite.models.load import load_base
+    from cordlite.models.runtime import resolve_runtime
 
     rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
     mem = Memory(rt.device)
@@ -402,7 +406,7 @@ def weights_report(recipe, args, device: str, overrides: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from cordlite.config import ConfigError
+    from cordlite.schema import ConfigError
 
     try:
         report = run(args)

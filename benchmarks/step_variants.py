@@ -1,6 +1,6 @@
-"""Benchmark-only variants of the collection phase of a CORD step (cordlite.step.collect).
+"""Benchmark-only variants of the collection phase of a CORD step (cordlite.objective.step.collect).
 
-collect_variant mirrors cordlite.step.collect and departs from it only where a flag says so; with
+collect_variant mirrors cordlite.objective.step.collect and departs from it only where a flag says so; with
 no flag it returns exactly what collect returns (tests/test_benchmark.py checks this), so the
 comparison measures the flag and nothing else.
 
@@ -25,15 +25,16 @@ import dataclasses
 
 import torch
 
-from cordlite.advantages import group_advantages
+from cordlite.objective.advantages import group_advantages
 from cordlite.config import Recipe
 from cordlite.data import ViewBatch
-from cordlite.judge import rule_rewards
-from cordlite.logprobs import completion_hidden, full_logprobs
-from cordlite.models import Runtime, adapters_off
-from cordlite.rollout import Rollouts, completion_mask, pad_right, repeat_rows, sample
-from cordlite.step import Collected, ReferenceStore, Tokens, reference_answers
-from cordlite.step import _autocast, _clock  # the same autocast and synchronised clock as collect
+from cordlite.judge.rewards import rule_rewards
+from cordlite.objective.logprobs import completion_hidden, full_logprobs
+from cordlite.models.runtime import Runtime
+from cordlite.models.lora import adapters_off
+from cordlite.models.sampling import Rollouts, completion_mask, pad_right, repeat_rows, sample
+from cordlite.objective.step import Collected, ReferenceStore, Tokens, reference_answers
+from cordlite.objective.step import _autocast, _clock  # the same autocast and synchronised clock as collect
 
 
 def _row_temperature(temperature: torch.Tensor):
@@ -62,7 +63,8 @@ def sample_fused(model, prompt: dict[str, torch.Tensor], group_size: int, t_dist
     gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
                            max_new_tokens=max_new_tokens, eos_token_id=list(end_ids), pad_token_id=pad_id,
                            suppress_tokens=list(blocked_ids) or None)
-    # As in cordlite.rollout.sample: nothing inherited from the checkpoint's generation_config but the cache layout.
+    # As in cordlite.models.sampling.sample: nothing inherited from the checkpoint's generation_config but the
+    # cache layout.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     saved = base.generation_config
     base.generation_config = GenerationConfig(eos_token_id=list(end_ids), pad_token_id=pad_id,
@@ -82,7 +84,7 @@ def sample_fused(model, prompt: dict[str, torch.Tensor], group_size: int, t_dist
 @torch.no_grad()
 def collect_variant(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
                     store: ReferenceStore, *, teacher=None, fused: bool = False) -> Collected:
-    """cordlite.step.collect, with the teacher on a separate copy and/or fused rollouts (module docstring)."""
+    """cordlite.objective.step.collect, with the teacher on a separate copy and/or fused rollouts (module docstring)."""
     ro, lo = recipe.rollout, recipe.loss
     if ro.share_rollouts or lo.lambda_tok <= 0 or lo.lambda_seq <= 0 or recipe.judge.mode != "rules":
         raise ValueError("collect_variant covers the paper's layout only: rollout.share_rollouts false, "
@@ -144,7 +146,7 @@ def collect_variant(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runt
 
 def load_teacher_copy(recipe: Recipe, rt: Runtime):
     """A second frozen copy of the base, loaded exactly like the student's base (benchmark only)."""
-    from cordlite.models import load_base
+    from cordlite.models.load import load_base
 
     teacher, _ = load_base(recipe.model, recipe.quantization, rt)
     return teacher.eval()

@@ -1,10 +1,10 @@
-"""Typed, frozen, loud recipe configuration.
+"""Typed, frozen, loud recipe configuration: every field of a recipe, with its docstring.
 
 A recipe is a YAML file with one mapping per section (model, quantization, lora, data, rollout,
-loss, judge, optim, train, output). `load_recipe(path, overrides)` reads it, applies
-`--set section.key=value` overrides, and checks every field: unknown keys (with a did-you-mean),
-wrong types, out-of-range values and impossible combinations are all collected and raised as
-ONE `ConfigError` naming the dotted path, the offending value and a fix.
+loss, judge, optim, train, output). `cordlite.recipe.load_recipe(path, overrides)` reads it,
+applies `--set section.key=value` overrides, and checks every field: unknown keys (with a
+did-you-mean), wrong types, out-of-range values and impossible combinations are all collected and
+raised as ONE `ConfigError` naming the dotted path, the offending value and a fix.
 
     cordlite validate recipes/tiny_cpu.yaml --set train.max_steps=10
     cordlite show recipes/qwen2audio_lora.yaml
@@ -15,17 +15,8 @@ silent the choice is cordlite's and the field's docstring says so.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-
-from cordlite.schema import ConfigError, build, to_plain
-
-__all__ = ["ConfigError", "Recipe", "load_recipe", "recipe_from_dict", "dump_recipe", "recipe_to_dict"]
-
+from typing import Literal
 
 # --------------------------------------------------------------------------- sections
 
@@ -226,187 +217,3 @@ class Recipe:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
-    """Range and cross-field checks, appended to `problems`; `check_paths` also checks files exist."""
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            problems.append(msg)
-
-    m = r.model
-    if not m.name_or_path:
-        problems.append("model.name_or_path: required; set a local checkpoint directory or a hub id "
-                        "such as Qwen/Qwen2-Audio-7B-Instruct")
-    elif check_paths and not Path(m.name_or_path).expanduser().exists() and not m.create_tiny_if_missing:
-        if not _HUB_ID.match(m.name_or_path) or m.name_or_path.startswith((".", "/", "~")):
-            problems.append(f"model.name_or_path: {m.name_or_path!r} does not exist; point it at a "
-                            "checkpoint directory, use a hub id (org/name), or set "
-                            "model.create_tiny_if_missing: true for a tiny test model")
-    need(r.lora.r > 0, f"lora.r: {r.lora.r} must be > 0")
-    need(r.lora.alpha > 0, f"lora.alpha: {r.lora.alpha} must be > 0")
-    need(0.0 <= r.lora.dropout < 1.0, f"lora.dropout: {r.lora.dropout} must be in [0, 1)")
-    need(len(r.lora.target_modules) > 0 or r.lora.projector or r.lora.audio_encoder,
-         "lora.target_modules: list at least one linear layer name (or set lora.projector / "
-         "lora.audio_encoder for an audio-side-only adapter)")
-    for needed in ("model.audio_tower", "model.multi_modal_projector"):
-        need(r.quantization.mode == "none" or needed in r.quantization.skip_modules,
-             f"quantization.skip_modules: must contain {needed!r} (the audio encoder and projector "
-             "stay unquantised and frozen)")
-
-    d = r.data
-    if not d.train_manifest:
-        problems.append("data.train_manifest: required; point it at a manifest JSONL (see data_tools)")
-    elif check_paths and not Path(d.train_manifest).expanduser().exists() and not d.create_tiny_if_missing:
-        problems.append(f"data.train_manifest: {d.train_manifest!r} does not exist; make one with "
-                        "data_tools or set data.create_tiny_if_missing: true")
-    if d.create_tiny_if_missing and Path(d.train_manifest).name != "manifest.jsonl":
-        problems.append(f"data.train_manifest: {d.train_manifest!r} must be named manifest.jsonl when "
-                        "data.create_tiny_if_missing is true (the tiny set is written as DIR/manifest.jsonl)")
-    need(d.tiny_questions >= 2, f"data.tiny_questions: {d.tiny_questions} must be >= 2")
-    need(0 < d.max_audio_seconds <= 30.0,
-         f"data.max_audio_seconds: {d.max_audio_seconds} must be in (0, 30] (Qwen2-Audio's encoder window)")
-
-    ro = r.rollout
-    need(ro.max_new_tokens >= 1, f"rollout.max_new_tokens: {ro.max_new_tokens} must be >= 1")
-    need(ro.distill_temperature > 0, f"rollout.distill_temperature: {ro.distill_temperature} must be > 0")
-    need(ro.group_temperature > 0, f"rollout.group_temperature: {ro.group_temperature} must be > 0")
-    need(0 < ro.top_p <= 1, f"rollout.top_p: {ro.top_p} must be in (0, 1]")
-    need(ro.group_size >= 1, f"rollout.group_size: {ro.group_size} must be >= 1")
-
-    lo = r.loss
-    need(lo.lambda_tok >= 0 and lo.lambda_seq >= 0, "loss.lambda_tok / loss.lambda_seq: must be >= 0")
-    need(lo.lambda_tok > 0 or lo.lambda_seq > 0,
-         "loss.lambda_tok and loss.lambda_seq: both are 0, nothing would be trained; set one > 0")
-    need(lo.alpha > 0, f"loss.alpha: {lo.alpha} must be > 0 (1 = uniform)")
-    need(lo.beta > 0, f"loss.beta: {lo.beta} must be > 0 (1 = uniform)")
-    need(lo.top_k >= 0, f"loss.top_k: {lo.top_k} must be >= 0")
-    need(lo.kl_chunk_size >= 1, f"loss.kl_chunk_size: {lo.kl_chunk_size} must be >= 1")
-    if lo.lambda_seq > 0 and ro.group_size < 2:
-        problems.append(f"rollout.group_size: {ro.group_size} with loss.lambda_seq > 0; GRPO needs at "
-                        "least 2 rollouts per prompt (advantage r - mean is 0 for one), set >= 2 "
-                        "(paper: 4) or loss.lambda_seq: 0")
-    if lo.objective != "cord" and (lo.lambda_seq > 0 or ro.share_rollouts):
-        problems.append(f"loss.objective: {lo.objective} trains along the teacher's text-view rollouts, where "
-                        "GRPO has no student rollouts to score; set loss.lambda_seq: 0 and "
-                        "rollout.share_rollouts: false (or loss.objective: cord)")
-    if lo.objective != "cord" and lo.lambda_tok == 0:
-        problems.append(f"loss.objective: {lo.objective} with loss.lambda_tok: 0 trains nothing; set lambda_tok > 0")
-    elif ro.share_rollouts and lo.lambda_seq == 0:
-        problems.append("rollout.share_rollouts: true needs the group rollouts of loss.lambda_seq > 0; "
-                        "set share_rollouts: false")
-    j = r.judge
-    need(j.number_tolerance >= 0, "judge.number_tolerance: must be >= 0")
-    need(j.max_new_tokens >= 1, f"judge.max_new_tokens: {j.max_new_tokens} must be >= 1")
-    need(j.batch_size >= 1, f"judge.batch_size: {j.batch_size} must be >= 1")
-    if not j.model:
-        problems.append("judge.model: empty; use 'self' or the path / hub id of an instruct model")
-    elif j.model == "self" and j.quantization != "none":
-        problems.append(f"judge.quantization: {j.quantization!r} with judge.model: self; the self judge is the "
-                        "base as loaded (see quantization.mode), so leave judge.quantization: none")
-    elif (j.model != "self" and j.mode != "rules" and check_paths and not Path(j.model).expanduser().exists()
-          and (not _HUB_ID.match(j.model) or j.model.startswith((".", "/", "~")))):
-        problems.append(f"judge.model: {j.model!r} does not exist; use 'self', a local model directory or a hub id")
-    if r.model.device == "cpu" and j.quantization == "int8":
-        problems.append("judge.quantization: 'int8' needs CUDA in bitsandbytes; use 'nf4' or 'none' on CPU")
-
-    o = r.optim
-    need(o.lr > 0, f"optim.lr: {o.lr} must be > 0")
-    need(o.weight_decay >= 0, f"optim.weight_decay: {o.weight_decay} must be >= 0")
-    need(all(0 <= b < 1 for b in o.betas), f"optim.betas: {list(o.betas)} must be in [0, 1)")
-    need(o.eps > 0, f"optim.eps: {o.eps} must be > 0")
-    need(o.max_grad_norm >= 0, f"optim.max_grad_norm: {o.max_grad_norm} must be >= 0 (0 = no clipping)")
-    need(o.warmup_steps >= 0, f"optim.warmup_steps: {o.warmup_steps} must be >= 0")
-
-    t = r.train
-    need(t.max_steps >= 1, f"train.max_steps: {t.max_steps} must be >= 1")
-    need(t.batch_size >= 1, f"train.batch_size: {t.batch_size} must be >= 1")
-    need(t.micro_batch_size >= 1, f"train.micro_batch_size: {t.micro_batch_size} must be >= 1")
-    if t.batch_size >= 1 and t.micro_batch_size >= 1 and t.batch_size % t.micro_batch_size:
-        problems.append(f"train.batch_size: {t.batch_size} is not a multiple of train.micro_batch_size "
-                        f"{t.micro_batch_size}; make it one (e.g. batch_size: "
-                        f"{max(1, t.batch_size // t.micro_batch_size) * t.micro_batch_size})")
-    need(o.warmup_steps <= t.max_steps,
-         f"optim.warmup_steps: {o.warmup_steps} exceeds train.max_steps {t.max_steps}")
-    if r.model.device == "cpu" and r.train.mixed_precision == "bf16":
-        problems.append("train.mixed_precision: 'bf16' autocast is for CUDA; use 'auto' or 'no' on CPU")
-    if r.model.device == "cpu" and r.quantization.mode == "int8":
-        problems.append("quantization.mode: 'int8' needs CUDA in bitsandbytes; use 'nf4' or 'none' on CPU")
-    if r.model.backend == "unsloth" and r.model.device == "cpu":
-        problems.append("model.backend: 'unsloth' runs on NVIDIA GPUs only, but model.device is 'cpu'; "
-                        "use backend: transformers on CPU, or device: cuda")
-    if r.model.backend == "unsloth" and (r.lora.projector or r.lora.audio_encoder or not r.lora.target_modules):
-        problems.append("lora.projector / lora.audio_encoder: unsloth adapts the language model only; set both "
-                        "false (with lora.target_modules listed) or use backend: transformers")
-    if r.model.backend == "unsloth" and r.quantization.mode == "int8":
-        problems.append("model.backend: 'unsloth' loads 4-bit (quantization.mode: nf4) or 16-bit (none), not "
-                        "'int8'; change quantization.mode or use backend: transformers")
-
-    need(bool(r.output.dir), "output.dir: required")
-    need(r.output.save_every >= 1, f"output.save_every: {r.output.save_every} must be >= 1")
-    need(r.output.keep_last >= 1, f"output.keep_last: {r.output.keep_last} must be >= 1")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'train.max_steps=10' -> (['train', 'max_steps'], 10); the value is read as YAML."""
-    if "=" not in text:
-        raise ConfigError("--set", [f"{text!r}: expected key=value, e.g. train.max_steps=10"])
-    key, raw = text.split("=", 1)
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
-        raise ConfigError("--set", [f"{text!r}: empty key"])
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return keys, value
-
-
-def recipe_from_dict(raw: Any, source: str = "recipe", overrides: list[str] | tuple[str, ...] = (),
-                     check_paths: bool = True) -> Recipe:
-    """Build and check a Recipe from a plain mapping plus `key=value` overrides."""
-    problems: list[str] = []
-    raw = dict(raw or {}) if isinstance(raw, dict) else raw
-    if isinstance(raw, dict):
-        for text in overrides:
-            try:
-                keys, value = parse_override(text)
-            except ConfigError as e:
-                problems += e.problems
-                continue
-            node = raw
-            for k in keys[:-1]:
-                child = node.get(k)
-                child = dict(child) if isinstance(child, dict) else {}
-                node[k] = child
-                node = child
-            node[keys[-1]] = value
-    recipe = build(Recipe, raw, "", problems)
-    # Range checks run too, so one message lists everything; a field that already failed to
-    # parse holds its default, so checks that name it are dropped rather than reported twice.
-    bad_fields = {p.split(":", 1)[0].split("[", 1)[0] for p in problems}
-    checks: list[str] = []
-    _check(recipe, checks, check_paths)
-    problems += [c for c in checks if c.split(":", 1)[0] not in bad_fields]
-    if problems:
-        raise ConfigError(source, problems)
-    return recipe
-
-
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), check_paths: bool = True) -> Recipe:
-    """Read a YAML recipe, apply overrides, validate; raise ConfigError listing every problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), ["file not found; pass the path of a recipe YAML such as recipes/tiny_cpu.yaml"])
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
-    return recipe_from_dict(raw, str(path), overrides, check_paths)
-
-
-def recipe_to_dict(recipe: Recipe) -> dict:
-    return to_plain(recipe)
-
-
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)

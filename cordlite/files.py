@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -60,3 +61,26 @@ def read_jsonl(path: Path) -> list[dict]:
             if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished directory into place; an older one is removed only after the move is ready."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def md_table(headers: list[str], rows: list[list[object]]) -> str:
+    def cell(x: object) -> str:
+        if x is None:
+            return "-"
+        if isinstance(x, float):
+            return f"{x:.2f}"
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

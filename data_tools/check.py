@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.report import duration_stats
+from data_tools.job.report import duration_stats
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,7 @@ import sys
 
 import click
 
-
-def _fail(message: str, code: int = 2) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+from cordlite.cli_common import fail
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,10 +59,11 @@ def tts(config, input_path, out, fmt, split, name, question_field, answer_field,
     --set override it.
     """
     from cordlite.schema import ConfigError
-    from data_tools.build import JobError, build
-    from data_tools.job import load_job
+    from data_tools.job.outdir import JobError
+    from data_tools.job.build import build
+    from data_tools.job.config import load_job
     from data_tools.sources import SourceError
-    from data_tools.tts import BackendError
+    from data_tools.tts.base import BackendError
 
     flags = {
         "source.path": input_path, "output.dir": out, "source.format": fmt, "source.split": split,
@@ -79,9 +77,9 @@ def tts(config, input_path, out, fmt, split, name, question_field, answer_field,
         cfg = load_job(config, flags, overrides)
         result = build(cfg, progress=not no_progress, log=lambda m: click.echo(m, err=True))
     except (ConfigError, SourceError, BackendError, JobError) as e:
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:  # the output folder, not a row: full disk, permissions
-        _fail(f"{e}; free some space or pick another --out, then rerun the same command to resume", 1)
+        fail(f"{e}; free some space or pick another --out, then rerun the same command to resume", 1)
     s = result.summary
     click.echo(f"{result.manifest}: {result.rows} rows ({result.new_rows} new, {result.skipped} already done), "
                f"{result.rejected} rejected, {s.get('audio_hours', 0):.3f} h of audio in {result.seconds:.1f} s")
@@ -106,7 +104,7 @@ def check(manifest, report, max_seconds, min_seconds, silence_dbfs, workers, sho
     import json
     from pathlib import Path
 
-    from data_tools.outdir import write_text_atomic
+    from cordlite.files import write_text_atomic
     from data_tools.check import CheckLimits, check_manifest
 
     limits = CheckLimits(max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs)
@@ -131,12 +129,12 @@ def check(manifest, report, max_seconds, min_seconds, silence_dbfs, workers, sho
 @click.argument("text", nargs=-1, required=True)
 def speak(text: tuple[str, ...]) -> None:
     """Print what the TTS would read for TEXT (numbers, maths and symbols in words)."""
-    from data_tools.speakable import speakable
+    from data_tools.text.speakable import speakable
 
     click.echo(speakable(" ".join(text)))
 
 
-PRESET_NAMES = ["numina", "mmsu", "openbookqa", "obqa", "gsm8k", "mmau"]  # data_tools.presets.PRESETS + aliases
+PRESET_NAMES = ["numina", "mmsu", "openbookqa", "obqa", "gsm8k", "mmau"]  # data_tools.presets.catalog.PRESETS + aliases
 
 
 @data.command()
@@ -169,10 +167,11 @@ def preset(name, out, source, n, seed, splits, backend, tts_model, workers, max_
     Rerun the same command to resume.
     """
     from cordlite.schema import ConfigError
-    from data_tools.build import JobError
-    from data_tools.preset_sources import PresetError
-    from data_tools.presets import PresetSettings, run_preset
-    from data_tools.tts import BackendError
+    from data_tools.job.outdir import JobError
+    from data_tools.presets.splits import PresetError
+    from data_tools.presets.catalog import PresetSettings
+    from data_tools.presets.run import run_preset
+    from data_tools.tts.base import BackendError
 
     s = PresetSettings(preset=name, out=out, source=source, n=n, seed=seed, splits=tuple(splits),
                        max_seconds=max_seconds, audio_format=audio_format, backend=backend, tts_model=tts_model,
@@ -181,9 +180,9 @@ def preset(name, out, source, n, seed, splits, backend, tts_model, workers, max_
     try:
         r = run_preset(s, log=lambda m: click.echo(m, err=True))
     except (PresetError, ConfigError, BackendError, JobError) as e:
-        _fail(str(e))
+        fail(str(e))
     except OSError as e:
-        _fail(f"{e}; free some space or pick another --out, then rerun the same command to resume", 1)
+        fail(f"{e}; free some space or pick another --out, then rerun the same command to resume", 1)
     if r["status"] == "interrupted":
         click.echo("interrupted: rerun the same command to continue where it stopped", err=True)
         sys.exit(130)
@@ -200,13 +199,13 @@ def preset(name, out, source, n, seed, splits, backend, tts_model, workers, max_
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The combined manifest.jsonl.")
 def combine(manifests, out) -> None:
     """Join MANIFESTS into one (audio paths rewritten, ids unique): one eval run over all benchmarks."""
-    from data_tools.preset_sources import PresetError
-    from data_tools.presets import combine_manifests
+    from data_tools.presets.splits import PresetError
+    from data_tools.presets.run import combine_manifests
 
     try:
         n = combine_manifests(out, list(manifests))
     except PresetError as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"{out}: {n} rows from {len(manifests)} manifest(s)")
 
 

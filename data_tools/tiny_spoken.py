@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cordlite.audio import SAMPLE_RATE, write_audio_atomic
 from cordlite.files import write_jsonl_atomic
-from data_tools.espeak import EspeakTTS, Voice
+from data_tools.tts.espeak import EspeakTTS, Voice
 
 SOURCE = "tiny_spoken_arith"
 MANIFEST_NAME = "manifest.jsonl"

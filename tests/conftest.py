@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cordlite.tiny_model import build_tiny_qwen2audio
+    from cordlite.models.tiny_checkpoint import build_tiny_qwen2audio
 
     return build_tiny_qwen2audio(tmp_path_factory.mktemp("tiny") / "qwen2audio")
 

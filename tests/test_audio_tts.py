@@ -18,8 +18,8 @@ from cordlite.audio import (
     loudness_normalize,
     write_audio_atomic,
 )
-from data_tools.espeak import EspeakTTS, Voice, list_voices
 from data_tools.tiny_spoken import make_tiny_spoken_set
+from data_tools.tts.espeak import EspeakTTS, Voice, list_voices
 
 HAS_BINARY = shutil.which("espeak-ng") is not None
 HAS_LIBRARY = importlib.util.find_spec("espeakng_loader") is not None
@@ -173,7 +173,7 @@ def test_espeak_backends_agree() -> None:
 
 
 def test_auto_backend_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    import data_tools.espeak as espeak
+    import data_tools.tts.espeak as espeak
 
     if HAS_LIBRARY:
         monkeypatch.setattr(espeak.shutil, "which", lambda _name: None)

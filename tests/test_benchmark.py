@@ -1,5 +1,5 @@
 """The step benchmark on CPU: its arithmetic by hand, its collect variant against cordlite's collect,
-the tiny mode end to end, and the unsloth backend's refusal (benchmarks/, cordlite/unsloth_backend.py)."""
+the tiny mode end to end, and the unsloth backend's refusal (benchmarks/, cordlite/models/unsloth_backend.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 
 from benchmarks.random_checkpoint import QWEN2_AUDIO_7B, TINY, parameter_counts
 from benchmarks.roofline import estimate_step_memory
-from cordlite.config import recipe_from_dict
-from cordlite.models import attach_lora, load_base, resolve_runtime
+from cordlite.models.load import load_base
+from cordlite.models.lora import attach_lora
+from cordlite.models.runtime import resolve_runtime
+from cordlite.recipe import recipe_from_dict
 
 
 def _meta_counts(arch, vocab: int) -> dict[str, int]:
@@ -92,7 +94,7 @@ def test_row_temperature_divides_each_row():
 def test_collect_variant_equals_collect_and_a_teacher_copy_equals_adapters_off(tiny_model_dir, tiny_manifest, tmp_path):
     from benchmarks.step_variants import collect_variant, load_teacher_copy
     from cordlite.data import AudioCache, encode_views, read_manifest
-    from cordlite.step import ReferenceStore, Tokens, collect
+    from cordlite.objective.step import ReferenceStore, Tokens, collect
 
     recipe = recipe_from_dict({
         "model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
@@ -144,7 +146,7 @@ def test_static_cache_flag_reaches_generate_through_cordlite_sample(tiny_model_d
     from transformers import Qwen2AudioForConditionalGeneration
 
     from benchmarks.step_memory_speed import speedups
-    from cordlite.rollout import sample
+    from cordlite.models.sampling import sample
 
     model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
     seen = []
@@ -203,9 +205,9 @@ def test_7b_on_cpu_is_refused_with_what_to_run_instead(tmp_path, capsys):
 
 
 def test_unsloth_backend_refuses_qwen2_audio_with_the_reasons_and_never_imports_unsloth(tiny_model_dir, tmp_path):
-    from cordlite.config import ConfigError
-    from cordlite.models import ModelLoadError
-    from cordlite.unsloth_backend import BackendUnavailable
+    from cordlite.models.runtime import ModelLoadError
+    from cordlite.models.unsloth_backend import BackendUnavailable
+    from cordlite.schema import ConfigError
 
     raw = {"model": {"name_or_path": str(tiny_model_dir), "backend": "unsloth"},
            "data": {"train_manifest": str(tmp_path / "m.jsonl")}}

@@ -9,14 +9,9 @@ import yaml
 from click.testing import CliRunner
 
 from cordlite.cli import main
-from cordlite.config import (
-    ConfigError,
-    Recipe,
-    dump_recipe,
-    load_recipe,
-    parse_override,
-    recipe_from_dict,
-)
+from cordlite.config import Recipe
+from cordlite.recipe import dump_recipe, load_recipe, parse_override, recipe_from_dict
+from cordlite.schema import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -427,7 +422,7 @@ def test_cli_help():
 
 
 def test_unquoted_no_reads_as_the_literal_not_a_boolean():
-    from cordlite.config import recipe_from_dict
+    from cordlite.recipe import recipe_from_dict
 
     r = recipe_from_dict({"model": {"name_or_path": "Qwen/Qwen2-Audio-7B-Instruct"},
                           "data": {"train_manifest": "x/manifest.jsonl"}},

@@ -1,13 +1,13 @@
-"""Benchmark answer rules (cordlite.verify.convention_score) by hand, and the eval summary of a
+"""Benchmark answer rules (cordlite.judge.conventions.convention_score) by hand, and the eval summary of a
 manifest with an audio-only subset (MMAU), from hand-made response rows."""
 
 from __future__ import annotations
 
 import pytest
 
-from cordlite.eval_summary import baseline_report, summarize
-from cordlite.verify import EXTRACTION_MODES, convention_score, gsm8k_final_number, mmau_string_match
-from cordlite.voicebench_rules import voicebench_letter
+from cordlite.eval.summary import baseline_report, summarize
+from cordlite.judge.conventions import EXTRACTION_MODES, convention_score, gsm8k_final_number, mmau_string_match
+from cordlite.judge.voicebench import voicebench_letter
 
 # --------------------------------------------------------------------------- VoiceBench
 

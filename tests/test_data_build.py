@@ -1,4 +1,4 @@
-"""data_tools.build: the TTS job end to end (espeak-ng and a tiny VITS), resume, kills, rejects."""
+"""data_tools.job.build: the TTS job end to end (espeak-ng and a tiny VITS), resume, kills, rejects."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_tools.build import build
 from data_tools.check import check_manifest
-from data_tools.job import job_from_dict
-from data_tools.speakable import speakable
-from data_tools.tts import BackendError, TTSConfig, VoiceChoice, VoicePlan, make_backend
-from data_tools.tts_models import KokoroBackend
+from data_tools.job.build import build
+from data_tools.job.config import job_from_dict
+from data_tools.text.speakable import speakable
+from data_tools.tts.backends import make_backend
+from data_tools.tts.base import BackendError, TTSConfig, VoiceChoice, VoicePlan
+from data_tools.tts.neural import KokoroBackend
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST_KEYS = {"id", "audio_path", "question", "answer", "choices", "duration", "voice", "source",
@@ -176,7 +177,7 @@ def test_resume_repairs_a_damaged_output_folder(tmp_path: Path) -> None:
 
 
 def test_rerun_with_other_settings_is_refused(tmp_path: Path) -> None:
-    from data_tools.build import JobError
+    from data_tools.job.outdir import JobError
 
     src = _write_jsonl(tmp_path / "q.jsonl", _questions(2))
     out = tmp_path / "out"

@@ -25,14 +25,17 @@ from click.testing import CliRunner
 
 from cordlite.audio import load_audio, resample
 from cordlite.cli import main as cli
-from cordlite.config import recipe_from_dict, recipe_to_dict
+from cordlite.recipe import recipe_from_dict, recipe_to_dict
 from cordlite.data import read_manifest
-from cordlite.infer import answer_clips, answer_file, answer_manifest, audio_prompt_inputs, load_answerer, read_clip
-from cordlite.merge import TMP_TAG, MergeError, merge, resolve_adapter
-from cordlite.merge_check import Reference, _parting_margin
-from cordlite.model_card import model_card
-from cordlite.models import (AdapterBaseMismatch, Runtime, attach_lora, check_adapter_base, load_adapter,
-                             save_adapter)
+from cordlite.deploy.infer import (answer_clips, answer_file, answer_manifest, audio_prompt_inputs, load_answerer,
+                                   read_clip)
+from cordlite.deploy.merge import TMP_TAG, MergeError, merge
+from cordlite.deploy.loading import resolve_adapter
+from cordlite.deploy.merge_check import Reference, _parting_margin
+from cordlite.deploy.model_card import model_card
+from cordlite.models.adapter import AdapterBaseMismatch, check_adapter_base, load_adapter, save_adapter
+from cordlite.models.runtime import Runtime
+from cordlite.models.lora import attach_lora
 
 REPO = Path(__file__).resolve().parents[1]
 GREEDY_TOKENS = 8
@@ -188,7 +191,7 @@ def test_kill_midway_leaves_no_output(run_dir, tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from cordlite.merge import merge
+        from cordlite.deploy.merge import merge
         def progress(stage, message):
             if stage == "saved":  # shards are on disk, the check and the rename are still to come
                 Path({str(flag)!r}).write_text(message)

@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from cordlite.config import recipe_from_dict
-from cordlite.trainer import train
+from cordlite.recipe import recipe_from_dict
+from cordlite.train.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from cordlite.cli import main
-from cordlite.diagnose import analyse
-from cordlite.verify import same_final_answer
+from cordlite.eval.diagnose import analyse
+from cordlite.judge.verify import same_final_answer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +30,10 @@ def _rows(path: Path) -> list[dict]:
 def adapter_dir(short_answer_model_dir, tmp_path_factory) -> Path:
     """A LoRA adapter with non-zero B on the short-answer tiny model, saved as training saves it."""
     from cordlite.config import LoraConfig, ModelConfig, QuantizationConfig, TrainConfig
-    from cordlite.models import attach_lora, load_base, resolve_runtime, save_adapter
+    from cordlite.models.adapter import save_adapter
+    from cordlite.models.load import load_base
+    from cordlite.models.lora import attach_lora
+    from cordlite.models.runtime import resolve_runtime
 
     mc, qc = ModelConfig(name_or_path=str(short_answer_model_dir), device="cpu"), QuantizationConfig(mode="none")
     rt = resolve_runtime(mc, qc, TrainConfig())
@@ -166,7 +169,7 @@ def test_analyse_by_hand():
 
 def test_diagnose_end_to_end(tiny_model_dir, tiny_manifest, tmp_path):
     from cordlite.data import AudioCache, encode_views, read_manifest
-    from cordlite.eval_io import load_eval_model
+    from cordlite.eval.io import load_eval_model
 
     out = tmp_path / "diag"
     res = _run(["diagnose", tiny_manifest, "--model", tiny_model_dir, "--out", out, "--device", "cpu", "--limit", 3,

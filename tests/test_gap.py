@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cordlite.gap import accuracy, average_gap, compare_to_baseline, gap_reduction
+from cordlite.eval.gap import accuracy, average_gap, compare_to_baseline, gap_reduction
 
 BENCH = ("MMSU", "OBQA", "GSM8K")
 # Qwen2-Audio-7B-Instruct: implied base text accuracies, and audio accuracies per method.

@@ -31,7 +31,9 @@ def _raw(model_dir, manifest, out) -> dict:
 
 
 def _load(recipe):
-    from cordlite.models import attach_lora, load_base, resolve_runtime
+    from cordlite.models.load import load_base
+    from cordlite.models.lora import attach_lora
+    from cordlite.models.runtime import resolve_runtime
 
     rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
     model, processor = load_base(recipe.model, recipe.quantization, rt)
@@ -50,9 +52,9 @@ def _plain_nf4(model_dir):
 
 
 def _text_logprobs(model, views, ids, mask, off: bool):
-    from cordlite.logprobs import completion_hidden, full_logprobs
-    from cordlite.models import adapters_off
-    from cordlite.rollout import repeat_rows
+    from cordlite.models.lora import adapters_off
+    from cordlite.models.sampling import repeat_rows
+    from cordlite.objective.logprobs import completion_hidden, full_logprobs
 
     prompt = repeat_rows(views.text, torch.arange(ids.shape[0], device=ids.device) % views.text["input_ids"].shape[0])
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -65,9 +67,9 @@ def _text_logprobs(model, views, ids, mask, off: bool):
 def test_nf4_on_cuda_trains_lora_only_and_the_teacher_stays_the_plain_base(tiny_model_dir, tiny_manifest, tmp_path):
     import bitsandbytes as bnb
 
-    from cordlite.config import recipe_from_dict
     from cordlite.data import AudioCache, encode_views, read_manifest
-    from cordlite.step import ReferenceStore, Tokens, collect, compute_loss
+    from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
+    from cordlite.recipe import recipe_from_dict
 
     recipe = recipe_from_dict(_raw(tiny_model_dir, tiny_manifest, tmp_path / "run"))
     model, processor, rt = _load(recipe)

@@ -6,7 +6,8 @@ from fractions import Fraction
 
 import pytest
 
-from cordlite.judge import extract_final_answer, normalize_text, rule_rewards, same_final_answer
+from cordlite.judge.rewards import rule_rewards
+from cordlite.judge.verify import extract_final_answer, normalize_text, same_final_answer
 
 CHOICES = ["Paris", "Rome", "Oslo", "Bern"]
 

@@ -11,9 +11,9 @@ import torch
 import yaml
 
 from cordlite.config import JudgeConfig, LoraConfig, ModelConfig, QuantizationConfig, TrainConfig
-from cordlite.judge import Judge, JudgeItem, build_judge
-from cordlite.llm_judge import TEMPLATE_VERSION, LLMJudge, VerdictCache, cache_key, parse_verdict
-from cordlite.judge_check import confusion
+from cordlite.judge.rewards import Judge, JudgeItem, build_judge
+from cordlite.judge.llm import TEMPLATE_VERSION, LLMJudge, VerdictCache, cache_key, parse_verdict
+from cordlite.judge.check import confusion
 
 # --------------------------------------------------------------------------- pure parts
 
@@ -71,7 +71,8 @@ def test_confusion_counts_by_hand():
 
 
 def test_judge_config_fields_and_loud_errors():
-    from cordlite.config import ConfigError, recipe_from_dict
+    from cordlite.schema import ConfigError
+    from cordlite.recipe import recipe_from_dict
 
     raw = {"model": {"name_or_path": "Qwen/Qwen2-Audio-7B-Instruct", "device": "cpu"},
            "data": {"train_manifest": "data/manifest.jsonl"}}
@@ -96,7 +97,9 @@ def test_judge_config_fields_and_loud_errors():
 @pytest.fixture(scope="module")
 def tiny_peft(tiny_model_dir):
     """The tiny base with a LoRA adapter whose B is non-zero, so adapters on != adapters off."""
-    from cordlite.models import attach_lora, load_base, resolve_runtime
+    from cordlite.models.lora import attach_lora
+    from cordlite.models.load import load_base
+    from cordlite.models.runtime import resolve_runtime
 
     mc, qc = ModelConfig(name_or_path=str(tiny_model_dir), device="cpu"), QuantizationConfig(mode="none")
     rt = resolve_runtime(mc, qc, TrainConfig())
@@ -149,8 +152,8 @@ def test_cache_second_call_does_not_run_the_model(tiny_peft, tmp_path, monkeypat
 
 
 def test_self_judge_is_the_base_with_adapters_off(tiny_peft, monkeypatch):
-    from cordlite.models import adapters_off
-    from cordlite.rollout import sample
+    from cordlite.models.lora import adapters_off
+    from cordlite.models.sampling import sample
 
     model, tok, rt = tiny_peft
     judge = build_judge(JudgeConfig(mode="llm", max_new_tokens=6), model, tok, rt, base_id="tiny|none")
@@ -281,8 +284,8 @@ def test_separate_judge_model_in_4bit(tiny_model_dir, tmp_path):
     import bitsandbytes as bnb
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from cordlite.judge import load_judge_model
-    from cordlite.models import resolve_runtime
+    from cordlite.judge.rewards import load_judge_model
+    from cordlite.models.runtime import resolve_runtime
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)
@@ -307,8 +310,8 @@ def test_separate_judge_model_in_4bit(tiny_model_dir, tmp_path):
 def test_train_step_with_llm_self_judge_loads_one_model(short_answer_model_dir, tiny_manifest, tmp_path, monkeypatch):
     from transformers import PreTrainedModel
 
-    from cordlite import trainer as trainer_module
-    from cordlite.config import recipe_from_dict
+    from cordlite.train import trainer as trainer_module
+    from cordlite.recipe import recipe_from_dict
 
     loads: list[str] = []
     real = PreTrainedModel.from_pretrained.__func__

@@ -4,11 +4,11 @@ import math
 
 import torch
 
-from cordlite.logprobs import student_token_terms
-from cordlite.losses import (forward_kl_per_token, policy_gradient_loss, reverse_kl_per_token, sft_loss,
-                             weighted_token_loss)
-from cordlite.rollout import completion_mask
-from cordlite.weights import cord_token_weights
+from cordlite.objective.logprobs import student_token_terms
+from cordlite.objective.losses import (forward_kl_per_token, policy_gradient_loss, reverse_kl_per_token, sft_loss,
+                                       weighted_token_loss)
+from cordlite.models.sampling import completion_mask
+from cordlite.objective.weights import cord_token_weights
 
 
 def test_reverse_kl_by_hand():
@@ -146,7 +146,7 @@ def test_sampling_ignores_the_checkpoints_decoding_defaults(tiny_model_dir, tiny
     from transformers import AutoProcessor, GenerationMixin, Qwen2AudioForConditionalGeneration
 
     from cordlite.data import AudioCache, encode_views, read_manifest
-    from cordlite.rollout import sample
+    from cordlite.models.sampling import sample
 
     model = Qwen2AudioForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
     model.generation_config.update(top_k=5, top_p=0.3, repetition_penalty=1.3, no_repeat_ngram_size=2,

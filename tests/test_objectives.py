@@ -10,13 +10,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cordlite import step as step_module
-from cordlite.config import ConfigError, recipe_from_dict
 from cordlite.data import AudioCache, encode_views, read_manifest
-from cordlite.logprobs import completion_hidden, full_logprobs
-from cordlite.models import adapters_off, attach_lora, load_base, resolve_runtime
-from cordlite.rollout import repeat_rows
-from cordlite.step import ReferenceStore, Tokens, collect, compute_loss
+from cordlite.models.load import load_base
+from cordlite.models.lora import adapters_off, attach_lora
+from cordlite.models.runtime import resolve_runtime
+from cordlite.models.sampling import repeat_rows
+from cordlite.objective import step as step_module
+from cordlite.objective.logprobs import completion_hidden, full_logprobs
+from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
+from cordlite.recipe import recipe_from_dict
+from cordlite.schema import ConfigError
 
 
 def _raw(model_dir, manifest, out, objective: str) -> dict:
@@ -166,7 +169,7 @@ def test_audio_side_lora_moves_the_audio_view_only(side, tiny_model_dir, tiny_ma
 def test_lora_target_regex_names_the_layers_of_each_side():
     import re
 
-    from cordlite.models import lora_target_regex
+    from cordlite.models.targets import lora_target_regex
 
     names = {
         "model.language_model.layers.0.self_attn.q_proj": "lm",

@@ -16,7 +16,7 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from cordlite.cli import main
-from data_tools.speaks_well import SpeakFilter, estimate_seconds, reason_kind, reject_reason
+from data_tools.text.speaks_well import SpeakFilter, estimate_seconds, reason_kind, reject_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIO = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -52,7 +52,8 @@ def _wav_bytes(audio: np.ndarray, sr: int) -> bytes:
 
 def _spoken(text: str) -> bytes:
     """The prompt read by espeak-ng, as VoiceBench ships its (Google TTS) prompts."""
-    from data_tools.tts import TTSConfig, VoiceChoice, make_backend
+    from data_tools.tts.backends import make_backend
+    from data_tools.tts.base import TTSConfig, VoiceChoice
 
     audio = make_backend(TTSConfig()).synthesize(text.replace("\n", ". "), VoiceChoice("en-us", 1.3, 50, 0))
     return _wav_bytes(audio, 16000)
@@ -235,7 +236,7 @@ def test_bad_records_become_rejects_and_the_rest_is_imported(tmp_path):
 
 
 def test_an_interrupted_import_resumes_where_it_stopped(prepared, tmp_path, monkeypatch):
-    import data_tools.preset_audio as preset_audio
+    import data_tools.presets.clips as preset_audio
 
     real, calls = preset_audio.import_clip, []
 
@@ -343,7 +344,7 @@ def test_speaks_well_reasons_by_hand():
 
 
 def test_paper_recipe_holds_the_papers_settings():
-    from cordlite.config import load_recipe
+    from cordlite.recipe import load_recipe
 
     r = load_recipe(ROOT / "recipes" / "paper_qwen2audio.yaml", check_paths=False)
     assert (r.optim.lr, r.train.max_steps, r.rollout.group_size, r.rollout.max_new_tokens) == (3e-5, 3000, 4, 200)

@@ -1,16 +1,11 @@
-"""data_tools.speakable: numbers, operators, fractions, powers, LaTeX and symbols in words."""
+"""data_tools.text.speakable: numbers, operators, fractions, powers, LaTeX and symbols in words."""
 
 from __future__ import annotations
 
 import pytest
 
-from data_tools.speakable import (
-    decimal_to_words,
-    fraction_to_words,
-    number_to_words,
-    ordinal_to_words,
-    speakable,
-)
+from data_tools.text.number_words import decimal_to_words, fraction_to_words, number_to_words, ordinal_to_words
+from data_tools.text.speakable import speakable
 
 
 @pytest.mark.parametrize(("n", "words"), [

@@ -89,7 +89,7 @@ def test_toy_build_is_cached_and_reruns_from_a_changed_stage(toy_build):
 
 def test_recipe_loads_the_testbed(toy_build):
     """recipes/testbed_cord.yaml validates against a built testbed (paths switched to the toy one)."""
-    from cordlite.config import load_recipe
+    from cordlite.recipe import load_recipe
 
     out, _ = toy_build
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"

@@ -139,8 +139,8 @@ def test_fixed_test_split():
 
 
 def test_answers_readable_by_the_judge(splits):
-    """CORD's rule judge (cordlite.verify) must read the task's final answer and tell answers apart."""
-    from cordlite.verify import same_final_answer
+    """CORD's rule judge (cordlite.judge.verify) must read the task's final answer and tell answers apart."""
+    from cordlite.judge.verify import same_final_answer
 
     a, b = splits["test"][0], next(p for p in splits["test"] if p.final != splits["test"][0].final)
     assert same_final_answer(a.answer, a.answer)

@@ -1,4 +1,4 @@
-"""Tests for cordlite.tiny_model: the offline tiny Qwen2-Audio checkpoint.
+"""Tests for cordlite.models.tiny_checkpoint: the offline tiny Qwen2-Audio checkpoint.
 
 Run with: python -m pytest tests/test_tiny_model.py -q
 The checkpoint is built once per session (well under a second after imports).
@@ -22,8 +22,9 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
-from cordlite.tiny_model import MARKER_FILE, TinySpec, build_tiny_qwen2audio, ensure_tiny_qwen2audio, read_marker
-from cordlite.tiny_processor import QWEN2_AUDIO_CHAT_TEMPLATE, SPECIAL_TOKENS
+from cordlite.models.tiny import TinySpec
+from cordlite.models.tiny_checkpoint import MARKER_FILE, build_tiny_qwen2audio, ensure_tiny_qwen2audio, read_marker
+from cordlite.models.tiny_processor import QWEN2_AUDIO_CHAT_TEMPLATE, SPECIAL_TOKENS
 
 SAMPLING_RATE = 16000
 MESSAGES = [

@@ -14,14 +14,16 @@ import pytest
 import torch
 import yaml
 
-from cordlite import step as step_module
-from cordlite.config import recipe_from_dict
 from cordlite.data import AudioCache, encode_views, read_manifest
-from cordlite.logprobs import completion_hidden, full_logprobs
-from cordlite.models import adapters_off, attach_lora, load_base, resolve_runtime
-from cordlite.rollout import repeat_rows
-from cordlite.step import ReferenceStore, Tokens, collect, compute_loss
-from cordlite.trainer import METRIC_KEYS, train
+from cordlite.models.load import load_base
+from cordlite.models.lora import adapters_off, attach_lora
+from cordlite.models.runtime import resolve_runtime
+from cordlite.models.sampling import repeat_rows
+from cordlite.objective import step as step_module
+from cordlite.objective.logprobs import completion_hidden, full_logprobs
+from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
+from cordlite.recipe import recipe_from_dict
+from cordlite.train.trainer import METRIC_KEYS, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +52,7 @@ def _plain_base(model_dir: Path, quant: str):
                              bnb_4bit_compute_dtype=torch.float32,
                              llm_int8_skip_modules=["model.audio_tower", "model.multi_modal_projector", "lm_head"])
     m = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
-    from cordlite.models import _cpu_4bit_trainable
+    from cordlite.models.load import _cpu_4bit_trainable
 
     _cpu_4bit_trainable(m)
     return m.eval()
@@ -205,8 +207,8 @@ def test_sigterm_saves_a_checkpoint_and_resume_replays_the_same_steps(tiny_model
 
 
 def test_training_refuses_audio_only_rows(tiny_model_dir, tiny_manifest, tmp_path):
-    from cordlite.distributed import Dist
-    from cordlite.trainer import TrainError, prepare_data
+    from cordlite.train.distributed import Dist
+    from cordlite.train.trainer import TrainError, prepare_data
 
     rows = [json.loads(l) for l in tiny_manifest.read_text().splitlines()]
     rows[1]["text_view"] = False

@@ -1,4 +1,4 @@
-"""Tests for cordlite.verify: final-answer extraction and equivalence, cases checkable by hand."""
+"""Tests for cordlite.judge.verify: final-answer extraction and equivalence, cases checkable by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from cordlite.verify import describe, extract_final_answer, has_final_answer, rule_verdict, same_final_answer
+from cordlite.judge.verify import describe, extract_final_answer, has_final_answer, rule_verdict, same_final_answer
 
 CHOICES = ["Paris", "Rome", "Oslo", "Bern"]
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from cordlite.advantages import group_advantages
-from cordlite.weights import cord_token_weights
+from cordlite.objective.advantages import group_advantages
+from cordlite.objective.weights import cord_token_weights
 
 
 def t(x):

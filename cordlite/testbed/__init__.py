@@ -5,4 +5,7 @@
     cordlite testbed eval cache/testbed --adapter runs/testbed_cord/adapter
 
 See docs/testbed.md for the design and the measured figures.
+
+May import: train/, objective/, models/, data_tools/ and the shared ground.
+Must not be imported by: any other package of cordlite (only cli.py and benchmarks/).
 """

@@ -46,7 +46,7 @@ def _base_raw(suite: Suite) -> dict:
 
 def lora_recipe(suite: Suite, method: Method, seed: int, run_dir: Path):
     """The recipe of one LoRA run: base recipe + the method's overrides + the suite's budget."""
-    from cordlite.config import recipe_from_dict
+    from cordlite.recipe import recipe_from_dict
 
     raw = _merge(_base_raw(suite), method.recipe)
     raw = _merge(raw, {"model": {"name_or_path": str(Path(suite.testbed) / "model")},
@@ -101,7 +101,7 @@ def _log(msg: str) -> None:
 
 def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, instruction: str) -> list[dict]:
     from cordlite.testbed.evaluate import load_for_eval
-    from cordlite.trainer import train
+    from cordlite.train.trainer import train
 
     recipe = lora_recipe(suite, method, seed, run_dir / "train")
     done = run_dir / "train" / "adapter" / "adapter_config.json"
@@ -209,7 +209,7 @@ def _worker(args: tuple) -> dict:
 
 def check_methods(suite: Suite) -> None:
     """Every LoRA method's recipe builds (all problems at once, before any run starts)."""
-    from cordlite.config import ConfigError
+    from cordlite.schema import ConfigError
 
     problems = []
     for m in suite.methods:

@@ -32,10 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cordlite.models.tiny import TinySpec
 from cordlite.testbed.fit import FitConfig, fit_fingerprint
 from cordlite.testbed.task import SPLIT_VOICES, TaskSpec, fingerprint, make_splits, spec_dict
 from cordlite.testbed.voice import SHARD, VOICING
-from cordlite.tiny_model import TinySpec
 
 MARKER = "testbed_stage.json"
 STAGES = ("data", "init", "text", "align", "eval")
@@ -99,7 +99,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _install(tmp: Path, final: Path) -> None:
-    from cordlite.models import replace_dir
+    from cordlite.files import replace_dir
 
     replace_dir(tmp, final)
 
@@ -192,9 +192,9 @@ class Builder:
     def _init(self, work: Path, splits) -> dict:
         import torch
 
+        from cordlite.models.tiny_checkpoint import build_tiny_qwen2audio
+        from cordlite.models.tiny_processor import default_corpus
         from cordlite.testbed.stages import load_checkpoint, save_checkpoint
-        from cordlite.tiny_model import build_tiny_qwen2audio
-        from cordlite.tiny_processor import default_corpus
 
         corpus = default_corpus() + [p.question for p in splits["train"]] + [p.answer for p in splits["train"]]
         build_tiny_qwen2audio(work / "raw", self.cfg.model, corpus)

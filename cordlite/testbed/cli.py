@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
+from cordlite.cli_common import fail
+
 STAGE_NAMES = ("data", "init", "text", "align", "eval")  # cordlite.testbed.build.STAGES
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.group()
@@ -40,7 +36,7 @@ def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], 
         record = build(out_dir, TestbedConfig.toy() if toy else TestbedConfig(), threads=threads, workers=workers,
                        progress=not quiet, force=force)
     except (FixedSplitError, ValueError, FileNotFoundError, FileExistsError) as e:
-        _fail(str(e))
+        fail(str(e), 1)
     stages = record["stages"]
     for name in STAGE_NAMES:
         r = stages[name]
@@ -72,7 +68,7 @@ def eval_cmd(testbed_dir: str, adapter: str | None, split: str, out_path: str | 
     try:
         path, s = run_eval(testbed_dir, adapter, split, out_path, batch_size, max_new_tokens)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e), 1)
     click.echo(json.dumps({k: s[k] for k in ("n", "text_acc", "audio_acc", "gap")}))
     click.echo(f"written: {path}")
 
@@ -86,19 +82,19 @@ def eval_cmd(testbed_dir: str, adapter: str | None, split: str, out_path: str | 
 def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int | None, out: str | None) -> None:
     """Run every method x seed of SUITE_FILE on the built testbed; write table.md, results.json and
     curves.png. Finished runs are reused, interrupted ones resume."""
-    from cordlite.config import ConfigError
+    from cordlite.schema import ConfigError
     from cordlite.testbed.ablate import run_suite
     from cordlite.testbed.suite import SuiteError, load_suite
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",")) if seeds else None
     except ValueError:
-        _fail(f"--seeds {seeds!r}: expected comma-separated integers such as 0,1,2", 2)
+        fail(f"--seeds {seeds!r}: expected comma-separated integers such as 0,1,2", 2)
     try:
         suite = load_suite(suite_file, seeds=seed_list, steps=steps, jobs=jobs, out=out)
         summary = run_suite(suite)
     except (SuiteError, ConfigError) as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     from cordlite.testbed.summary import table_markdown
 
     click.echo(table_markdown(summary))
@@ -118,5 +114,5 @@ def demo_cmd(testbed_dir: str, recipe: str, steps: int, out: str, threads: int) 
     try:
         report = run_demo(testbed_dir, recipe, steps, out, threads)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e), 2)
+        fail(str(e), 2)
     click.echo(report)

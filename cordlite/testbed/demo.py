@@ -23,12 +23,12 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     import torch
     import yaml
 
-    from cordlite.config import recipe_from_dict
+    from cordlite.recipe import recipe_from_dict
     from cordlite.data import read_manifest
     from cordlite.testbed.summary import base_scores
     from cordlite.testbed.build import build
     from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
-    from cordlite.trainer import train
+    from cordlite.train.trainer import train
 
     from cordlite.testbed.build import TestbedConfig
 

@@ -4,7 +4,7 @@
 
 Each question is answered twice by the same weights, greedily: from its text (text view) and from
 its audio (audio view), with the prompts cordlite trains with (cordlite.data.encode_views) and the
-rollout sampler cordlite trains with (cordlite.rollout.sample, greedy, audio tokens blocked).
+rollout sampler cordlite trains with (cordlite.models.sampling.sample, greedy, audio tokens blocked).
 An answer is right when it ends in "The answer is N." with the problem's N (the task's own
 checker, cordlite.testbed.task.check_answer); the judge's rule verifier reads the same number.
 Accuracies are percentages, gap = text - audio, as in the paper's Table 1.
@@ -24,7 +24,7 @@ from cordlite.testbed.task import check_answer, final_answer
 
 
 def _answer(model, processor, inputs: dict, max_new_tokens: int, tokens) -> tuple[list[str], list[int], list[bool]]:
-    from cordlite.rollout import sample
+    from cordlite.models.sampling import sample
 
     r = sample(model, inputs, 1, temperature=1.0, max_new_tokens=max_new_tokens, end_ids=tokens.end_ids,
                pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids, greedy=True)
@@ -35,7 +35,7 @@ def _answer(model, processor, inputs: dict, max_new_tokens: int, tokens) -> tupl
 def evaluate_examples(model, processor, examples: list[Example], instruction: str, batch_size: int = 64,
                       max_new_tokens: int = 64, progress: bool = True, label: str = "eval") -> tuple[list[dict], dict]:
     """(rows, summary): one row per example and view; summary with accuracies, gap and lengths."""
-    from cordlite.step import Tokens
+    from cordlite.objective.step import Tokens
 
     tokens = Tokens.of(model, processor.tokenizer)
     model.eval()

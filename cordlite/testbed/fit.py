@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from cordlite.data import batch_indices
-from cordlite.logprobs import completion_hidden
-from cordlite.models import base_of
+from cordlite.objective.logprobs import completion_hidden
+from cordlite.models.lora import base_of
 
 
 SCHEDULES = ("constant", "linear")

@@ -36,7 +36,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 
-from data_tools.espeak import Voice
+from data_tools.tts.espeak import Voice
 
 SPLITS = ("train", "cord", "val", "test")
 

@@ -53,7 +53,7 @@ def _speak_shard(jobs: list[tuple[str, str, int, int, str, bool]]) -> list[tuple
     shard is a fixed slice of the build's clip list, spoken from a fresh engine from its first clip
     (already written ones included, not written again): the same clip comes out the same whatever
     the number of workers, their scheduling, or an earlier interruption."""
-    from data_tools.espeak import EspeakTTS, Voice
+    from data_tools.tts.espeak import EspeakTTS, Voice
 
     tts = EspeakTTS("library")
     out = []

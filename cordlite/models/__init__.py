@@ -1,0 +1,20 @@
+"""Models: load the base (NF4 4-bit, 8-bit or unquantised), attach LoRA, switch it off, sample.
+
+    runtime          device and precision of a run (Runtime, ModelLoadError)
+    load             the base model and processor, every weight frozen (load_base, bnb_config)
+    targets          which linear layers LoRA adapts
+    lora             attach_lora, adapters_off (the teacher: the same weights, adapters bypassed), base_of
+    adapter          save and load adapters with their metadata; refuse one made for another base
+    tokens           the ids that end an answer and those never to be sampled
+    sampling         sample completions (Rollouts, completion_mask): used by the step, the judge,
+                     eval, infer and the testbed
+    unsloth_backend  the optional unsloth path (imported only when a recipe asks for it)
+    tiny, tiny_processor, tiny_checkpoint   the tiny random-init Qwen2-Audio for tests and smoke runs
+
+There is never a second copy of the base: teacher and student are one model (lora.adapters_off).
+
+May import: the shared ground (cordlite.config, cordlite.files, ...), torch, transformers, peft,
+bitsandbytes.
+Must not be imported by: nothing below it; it must never import judge/, objective/, train/,
+eval/, deploy/, testbed/ or data_tools/.
+"""

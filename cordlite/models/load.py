@@ -1,0 +1,81 @@
+"""Load the base LALM (4-bit NF4, 8-bit or unquantised) with its processor, every weight frozen.
+
+    model, processor = load_base(recipe.model, recipe.quantization, resolve_runtime(...))
+
+The audio encoder and projector stay unquantised (quantization.skip_modules). LoRA goes on with
+cordlite.models.lora.attach_lora; `model.backend: unsloth` loads through
+cordlite.models.unsloth_backend instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cordlite.config import ModelConfig, QuantizationConfig
+from cordlite.models.runtime import ModelLoadError, Runtime
+
+
+def bnb_config(quant: QuantizationConfig, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quant.mode == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=list(quant.skip_modules),
+        )
+    if quant.mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(quant.skip_modules))
+    return None
+
+
+def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
+    """Load Qwen2AudioForConditionalGeneration and its processor; every base weight frozen."""
+    if model_cfg.backend == "unsloth":
+        from cordlite.models.unsloth_backend import load_unsloth  # never imported unless asked for
+
+        return load_unsloth(model_cfg, quant, rt)
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    path = model_cfg.name_or_path
+    if model_cfg.create_tiny_if_missing:
+        from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
+
+        ensure_tiny_qwen2audio(path)
+    kwargs: dict = {"dtype": rt.dtype, "attn_implementation": model_cfg.attn_implementation}
+    if model_cfg.revision:
+        kwargs["revision"] = model_cfg.revision
+    bnb = bnb_config(quant, rt.compute_dtype)
+    if bnb is not None:
+        kwargs["quantization_config"] = bnb
+        kwargs["device_map"] = {"": rt.device.index or 0} if rt.device.type == "cuda" else {"": "cpu"}
+    try:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
+        processor = AutoProcessor.from_pretrained(path, **({"revision": model_cfg.revision} if model_cfg.revision else {}))
+    except OSError as e:
+        raise ModelLoadError(f"model.name_or_path: cannot load {path!r} ({e}). Use a local checkpoint directory "
+                             "or a hub id reachable from this machine (e.g. Qwen/Qwen2-Audio-7B-Instruct).") from None
+    if bnb is None:
+        model.to(rt.device)
+    processor.tokenizer.padding_side = "left"  # completions must start at the same column in both views
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if rt.device.type == "cpu":
+        _cpu_4bit_trainable(model)
+    return model, processor
+
+
+def _cpu_4bit_trainable(model: torch.nn.Module) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights into an inference-only layout
+    on the first no-grad pass, after which backward fails. Training needs the plain layout."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+

@@ -1,0 +1,120 @@
+"""The optional unsloth backend: `model.backend: unsloth` in a recipe.
+
+    cordlite train RECIPE --set model.backend=unsloth      (needs CUDA and `pip install -e ".[unsloth]"`)
+
+When CUDA is present, unsloth is installed and the checkpoint's model family is one that unsloth
+supports, the base is loaded through unsloth's public API (`FastModel.from_pretrained` in 4-bit
+or 16-bit, then `FastModel.get_peft_model` for LoRA); the rest of the step is unchanged, and the
+teacher is still the same weights with the adapters off. Anything else stops with one message
+that lists every reason and the fix; there is never a silent fallback to the transformers path.
+
+Qwen2-Audio is not among the audio models unsloth documents (unsloth.ai/docs, the text-to-speech
+fine-tuning guide and the Gemma 3n guide list Whisper for speech-to-text, Gemma 3n for audio
+input, and the text-to-speech models Orpheus-TTS, Sesame-CSM, Spark-TTS, Llasa-TTS and
+Oute-TTS), and cordlite's step drives a Qwen2AudioForConditionalGeneration, so
+SUPPORTED_MODEL_TYPES is empty: today `backend: unsloth` always ends in that message. Add a
+model_type there only after the step has been run and checked through unsloth on a GPU.
+
+unsloth is imported only inside load_unsloth, after every check passed: importing it edits other
+libraries at import time, which must never happen in a run that does not use it (or in tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+from cordlite.config import LoraConfig, ModelConfig, QuantizationConfig
+from cordlite.models.runtime import ModelLoadError, Runtime
+from cordlite.models.targets import lora_target_regex
+
+SUPPORTED_MODEL_TYPES: frozenset[str] = frozenset()
+"""transformers model_type values that cordlite trains through unsloth (see the module docstring)."""
+
+UNSLOTH_AUDIO_MODELS = ("Whisper (speech-to-text), Gemma 3n (audio input), and the text-to-speech models "
+                        "Orpheus-TTS, Sesame-CSM, Spark-TTS, Llasa-TTS and Oute-TTS")
+BACKEND_MARK = "_cordlite_backend"
+
+
+class BackendUnavailable(ModelLoadError):
+    """model.backend names a backend that cannot load this model here; the message says why and the fix."""
+
+
+def model_type_of(model_cfg: ModelConfig) -> str:
+    """model_type of the checkpoint: from a local config.json, else Qwen2-Audio (the class cordlite loads)."""
+    config = Path(model_cfg.name_or_path).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "unknown"))
+        except (OSError, ValueError):
+            return "unknown"
+    return "qwen2_audio"
+
+
+def unsloth_problems(model_cfg: ModelConfig) -> list[str]:
+    """Every reason the unsloth backend cannot be used here; empty when it can. Never imports unsloth."""
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append("unsloth runs on NVIDIA GPUs only and torch sees no CUDA device")
+    if importlib.util.find_spec("unsloth") is None:
+        problems.append('unsloth is not installed (pip install -e ".[unsloth]", which also pins the transformers '
+                        "version it needs)")
+    family = model_type_of(model_cfg)
+    if family not in SUPPORTED_MODEL_TYPES:
+        problems.append(f"model family {family!r} of {model_cfg.name_or_path} is not supported through unsloth: "
+                        f"the audio models unsloth supports are {UNSLOTH_AUDIO_MODELS}, and cordlite trains "
+                        "Qwen2-Audio, which is not among them")
+    return problems
+
+
+def check_unsloth(model_cfg: ModelConfig) -> None:
+    problems = unsloth_problems(model_cfg)
+    if problems:
+        raise BackendUnavailable(
+            "model.backend: 'unsloth' cannot be used: " + "; ".join(problems) + ". Fix: set model.backend: "
+            "transformers (the default: bitsandbytes NF4 base + peft LoRA, the same objective and memory plan)")
+
+
+def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
+    """Load the base through unsloth's FastModel; every base weight frozen, the processor left-padded."""
+    check_unsloth(model_cfg)
+    import unsloth  # noqa: F401  (first: it patches transformers when imported)
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from unsloth import FastModel
+
+    model, _ = FastModel.from_pretrained(
+        model_name=model_cfg.name_or_path,
+        dtype=rt.dtype,
+        load_in_4bit=quant.mode == "nf4",
+        full_finetuning=False,
+        auto_model=Qwen2AudioForConditionalGeneration,
+        use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
+        **({"revision": model_cfg.revision} if model_cfg.revision else {}),
+    )
+    processor = AutoProcessor.from_pretrained(model_cfg.name_or_path)
+    processor.tokenizer.padding_side = "left"  # completions must start at the same column in both views
+    for p in model.parameters():
+        p.requires_grad_(False)
+    setattr(model, BACKEND_MARK, "unsloth")
+    return model, processor
+
+
+def attach_lora_unsloth(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
+    """LoRA through unsloth's get_peft_model on the language model's linear layers; returns a PeftModel."""
+    from unsloth import FastModel
+
+    return FastModel.get_peft_model(
+        model,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_target_regex(lora.target_modules),
+        bias="none",
+        random_state=seed,
+        use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
+        finetune_vision_layers=False,
+        finetune_language_layers=True,
+    )

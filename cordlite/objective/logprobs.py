@@ -1,0 +1,93 @@
+"""Per-token log-probs and full-vocabulary divergences over a completion, in chunks of positions.
+
+Both views score the same completion tokens after different prompts. Prompts are left-padded,
+so the completion occupies the last L positions of both sequences; only those positions go
+through the LM head, `chunk_size` positions at a time, so at most [n, chunk_size, V] logits are
+alive. With grad, each chunk is recomputed in backward (activation checkpointing), which keeps
+the student's memory bounded the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from cordlite.models.lora import base_of
+from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
+
+
+def completion_hidden(
+    model,
+    prompt: dict[str, torch.Tensor],  # input_ids [n, P] left-padded, attention_mask, (+ audio features)
+    completion_ids: torch.Tensor,  # [n, L]
+    completion_mask: torch.Tensor,  # [n, L]
+) -> torch.Tensor:  # [n, L, H]: the hidden state that predicts each completion token
+    base = base_of(model)
+    input_ids = torch.cat([prompt["input_ids"], completion_ids], dim=1)  # [n, P+L]
+    attention_mask = torch.cat([prompt["attention_mask"], completion_mask.to(prompt["attention_mask"].dtype)], dim=1)
+    # Same positions as generate(): count real tokens, so left padding does not shift them.
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+    if "input_features" in prompt:
+        kwargs["input_features"] = prompt["input_features"]
+        kwargs["feature_attention_mask"] = prompt["feature_attention_mask"]
+    hidden = base.model(**kwargs).last_hidden_state  # [n, P+L, H]
+    p, length = prompt["input_ids"].shape[1], completion_ids.shape[1]
+    return hidden[:, p - 1 : p - 1 + length]
+
+
+def _lm_head(model) -> torch.nn.Linear:
+    return base_of(model).lm_head
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 logits are upcast: the KL subtracts nearly equal log-probs
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits.log_softmax(dim=-1)
+
+
+@torch.no_grad()
+def full_logprobs(model, hidden: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[n, L, H] -> [n, L, V] log-softmax (at least float32), computed chunk by chunk (no grad: teachers)."""
+    head = _lm_head(model)
+    parts = [_log_softmax(F.linear(hidden[:, s : s + chunk_size], head.weight, head.bias))
+             for s in range(0, hidden.shape[1], chunk_size)]
+    return torch.cat(parts, dim=1)
+
+
+def _chunk_terms(h, weight, bias, tokens, teacher_lp, divergence):
+    logp = _log_softmax(F.linear(h, weight, bias))  # [n, c, V]
+    token_lp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [n, c]
+    if teacher_lp is None:
+        div = torch.zeros_like(token_lp)
+    elif divergence == "reverse":
+        div = reverse_kl_per_token(logp, teacher_lp)
+    else:
+        div = forward_kl_per_token(logp, teacher_lp)
+    return token_lp, div
+
+
+def student_token_terms(
+    model,
+    hidden: torch.Tensor,  # [n, L, H] student hidden states (carry grad)
+    tokens: torch.Tensor,  # [n, L] completion tokens
+    teacher_lp: torch.Tensor | None = None,  # [n, L, V] constant, or None for log-probs only
+    chunk_size: int = 64,
+    divergence: Literal["reverse", "forward"] = "reverse",
+) -> tuple[torch.Tensor, torch.Tensor]:  # token_lp [n, L], per-token divergence [n, L] (0 without teacher)
+    head = _lm_head(model)
+    token_parts, div_parts = [], []
+    for s in range(0, hidden.shape[1], chunk_size):
+        args = (hidden[:, s : s + chunk_size], head.weight, head.bias, tokens[:, s : s + chunk_size],
+                None if teacher_lp is None else teacher_lp[:, s : s + chunk_size], divergence)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            tok, div = checkpoint(_chunk_terms, *args, use_reentrant=False)
+        else:
+            tok, div = _chunk_terms(*args)
+        token_parts.append(tok)
+        div_parts.append(div)
+    return torch.cat(token_parts, dim=1), torch.cat(div_parts, dim=1)

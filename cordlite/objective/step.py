@@ -1,0 +1,258 @@
+"""One CORD step on a micro-batch: a no-grad collection phase, then the grad loss.
+
+loss.objective: sft / forward_kl (the paper's off-policy baselines) replace the student's rollouts
+by group_size + 1 teacher rollouts on the text view and the token term by the NLL / forward KL
+along them; everything else below is loss.objective: cord.
+
+collect (eval mode, no grad)
+  references   text-view answers of the teacher (greedy by default), cached per example id
+  rollouts     student (adapters ON, audio view): N at group_temperature for GRPO, plus one at
+               distill_temperature for the token-level KL (or the N shared, by option)
+  teacher      with adapters_off(model): full-vocab log-probs of the text view + the same tokens
+  rewards      judge(rollout, reference) in {0, 1};  advantages A = r - mean(r) per group
+loss (train mode, grad)
+  student hidden states on audio view + completions (one forward for all rows)
+  L_tok = mean_seq sum_t w_t D_t,  w = cord_token_weights(D.detach())    (method doc, token level)
+  L_seq = -(1/N) sum_i A_i log p(y_i | x_a)                              (method doc, sequence level)
+  L = lambda_tok L_tok + lambda_seq L_seq
+This is the only module that unpacks the recipe for the math; the functions it calls are pure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cordlite.config import Recipe
+from cordlite.data import Example, ViewBatch
+from cordlite.files import append_jsonl, read_jsonl
+from cordlite.judge.rewards import Judge, JudgeItem, rule_rewards
+from cordlite.models.lora import adapters_off, base_of
+from cordlite.models.runtime import Runtime
+from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
+from cordlite.models.tokens import audio_special_token_ids, end_token_ids
+from cordlite.objective.advantages import group_advantages
+from cordlite.objective.logprobs import completion_hidden, full_logprobs, student_token_terms
+from cordlite.objective.losses import policy_gradient_loss, sft_loss, weighted_token_loss
+from cordlite.objective.weights import cord_token_weights
+
+
+@dataclass
+class Tokens:
+    """Token ids the step needs from the tokenizer."""
+
+    end_ids: list[int]
+    pad_id: int
+    blocked_ids: list[int]
+
+    @classmethod
+    def of(cls, model, tokenizer) -> "Tokens":
+        end = end_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end[-1]
+        return cls(end, pad, audio_special_token_ids(tokenizer))
+
+
+class ReferenceStore:
+    """Text-view reference answers by example id. With the frozen-base teacher they never change,
+    so they are generated once and appended to a JSONL file that survives resume."""
+
+    def __init__(self, path: Path | None, write: bool = True):
+        self.path = path
+        self.write = write  # under data parallelism only rank 0 appends; the others read
+        self.answers: dict[str, str] = {}
+        if path is not None:  # a line cut short by a kill is skipped (read_jsonl): that answer is made again
+            self.answers.update((r["id"], r["reference"]) for r in read_jsonl(path) if "id" in r and "reference" in r)
+
+    def add(self, example_id: str, text: str) -> None:
+        self.answers[example_id] = text
+        if self.path is not None and self.write:
+            append_jsonl(self.path, [{"id": example_id, "reference": text}])
+
+
+@dataclass
+class Collected:
+    """Everything the loss needs, produced without grad."""
+
+    views: ViewBatch
+    source: torch.Tensor  # [n] prompt row of each student row
+    completion_ids: torch.Tensor  # [n, L]
+    completion_mask: torch.Tensor  # [n, L]
+    n_distill: int  # rows [0, n_distill) train the token-level KL
+    group_start: int  # rows [group_start, n) train the GRPO term
+    teacher_lp: torch.Tensor | None  # [n_distill, L, V]
+    advantages: torch.Tensor | None  # [n - group_start]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _autocast(rt: Runtime):
+    if rt.autocast and rt.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _teacher(model, recipe: Recipe):
+    return adapters_off(model) if recipe.loss.teacher == "base" else contextlib.nullcontext()
+
+
+def _clock(rt: Runtime) -> float:
+    """Seconds, after the GPU has finished the queued work: CUDA runs asynchronously, so without the
+    sync a phase's kernels would be charged to whichever later phase first waits for a result."""
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    return time.perf_counter()
+
+
+def _decode(tokenizer, r: Rollouts) -> list[str]:
+    # Positions past the end token already hold pad_id (special, skipped). Multiplying by the mask
+    # would make them token id 0, a printable token ("!") in Qwen vocabularies.
+    return tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
+                      store: ReferenceStore) -> tuple[list[str], int]:
+    """Text-view answers for the batch, generated only where the store has none."""
+    missing = [i for i, ex in enumerate(views.examples) if ex.id not in store.answers]
+    generated = 0
+    if missing:
+        idx = torch.tensor(missing, device=rt.device)
+        with _teacher(model, recipe), _autocast(rt):
+            r = sample(model, repeat_rows(views.text, idx), 1, temperature=1.0,
+                       max_new_tokens=recipe.rollout.max_new_tokens, end_ids=tokens.end_ids,
+                       pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids,
+                       greedy=recipe.rollout.reference_decoding == "greedy")
+        generated = int(r.completion_mask.sum())
+        for i, text in zip(missing, _decode(tokenizer, r)):
+            store.add(views.examples[i].id, text)
+    return [store.answers[ex.id] for ex in views.examples], generated
+
+
+@torch.no_grad()
+def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
+            store: ReferenceStore, judge: Judge | None = None) -> Collected:
+    """`judge` (cordlite.judge.rewards.judge_for_recipe, built once per run) decides rewards; without one,
+    only judge.mode: rules is possible."""
+    model.eval()
+    ro, lo = recipe.rollout, recipe.loss
+    timings: dict[str, float] = {}
+    t0 = _clock(rt)
+    use_tok, use_seq = lo.lambda_tok > 0, lo.lambda_seq > 0
+    parts: list[Rollouts] = []
+    common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
+                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
+    off_policy = lo.objective != "cord"
+    if off_policy:
+        # The paper's baselines: the teacher's own text-view answers, as many as cord samples.
+        with _teacher(model, recipe), _autocast(rt):
+            parts.append(sample(model, views.text, ro.group_size + 1, temperature=ro.distill_temperature, **common))
+    else:
+        with _autocast(rt):
+            if use_tok and not ro.share_rollouts:
+                parts.append(sample(model, views.audio, 1, temperature=ro.distill_temperature, **common))
+            if use_seq:
+                parts.append(sample(model, views.audio, ro.group_size, temperature=ro.group_temperature, **common))
+    timings["rollout_s"] = _clock(rt) - t0
+
+    ids = pad_right([p.completion_ids for p in parts], tokens.pad_id)  # [n, L]
+    mask = pad_right([p.completion_mask for p in parts], 0)  # [n, L]
+    source = torch.cat([p.source for p in parts])  # [n]
+    finished = torch.cat([p.finished for p in parts])  # [n]
+    n = ids.shape[0]
+    if ro.share_rollouts:
+        n_distill, group_start = n, 0
+    else:
+        n_distill = parts[0].completion_ids.shape[0] if use_tok else 0
+        group_start = n_distill
+
+    teacher_lp = None
+    t0 = _clock(rt)
+    if use_tok and lo.objective != "sft":
+        text_prompt = repeat_rows(views.text, source[:n_distill])
+        with _teacher(model, recipe), _autocast(rt):
+            hidden = completion_hidden(model, text_prompt, ids[:n_distill], mask[:n_distill])
+            teacher_lp = full_logprobs(model, hidden, lo.kl_chunk_size)  # [n_distill, L, V]
+    timings["teacher_s"] = _clock(rt) - t0
+
+    advantages = None
+    stats: dict[str, float] = {}
+    t0 = _clock(rt)
+    if use_seq:
+        refs, ref_tokens = reference_answers(model, tokenizer, views, recipe, rt, tokens, store)
+        group = Rollouts(ids[group_start:], mask[group_start:], finished[group_start:], source[group_start:])
+        texts = _decode(tokenizer, group)
+        exs = [views.examples[int(s)] for s in group.source]
+        group_refs = [refs[int(s)] for s in group.source]
+        truncated = [not bool(f) for f in group.finished]
+        if judge is not None:
+            verdicts, judge_stats = judge.decide([JudgeItem(ex.question, t, r, ex.choices, tr)
+                                                  for ex, t, r, tr in zip(exs, texts, group_refs, truncated)])
+            reward_list = [float(v.same) for v in verdicts]
+            stats.update(judge_stats)
+        elif recipe.judge.mode == "rules":
+            reward_list = rule_rewards(texts, group_refs, [ex.choices for ex in exs], truncated,
+                                       recipe.judge.number_tolerance)
+        else:
+            raise ValueError(f"judge.mode: {recipe.judge.mode!r} needs a judge; build it once with "
+                             "cordlite.judge.rewards.judge_for_recipe and pass it to collect(judge=...)")
+        rewards = torch.tensor(reward_list, device=ids.device)  # [n_group]
+        advantages = group_advantages(rewards, ro.group_size)
+        stats.update(reward_mean=rewards.mean().item(), reward_std=rewards.std(unbiased=False).item(),
+                     reference_tokens=float(ref_tokens))
+    timings["judge_s"] = _clock(rt) - t0
+
+    lengths = mask.sum(dim=1).float()
+    stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
+                 truncated_frac=1.0 - finished.float().mean().item(), **timings)
+    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats)
+
+
+def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
+    """The grad part of the step: L = lambda_tok L_tok + lambda_seq L_seq on one micro-batch."""
+    model.train()
+    # The frozen audio encoder stays in eval mode: its dropout/layerdrop must not perturb the student.
+    base_of(model).model.audio_tower.eval()
+    lo = recipe.loss
+    t0 = _clock(rt)
+    prompt = repeat_rows(c.views.audio, c.source)
+    with _autocast(rt):
+        hidden = completion_hidden(model, prompt, c.completion_ids, c.completion_mask)  # [n, L, H]
+    loss = hidden.new_zeros((), dtype=torch.float32)
+    stats: dict[str, float] = {}
+    token_lp_d = None
+    if lo.objective == "sft":
+        with _autocast(rt):
+            token_lp, _ = student_token_terms(model, hidden, c.completion_ids, None, lo.kl_chunk_size)
+        tok_loss, st = sft_loss(token_lp, c.completion_mask, lo.tok_reduction)
+        loss = loss + lo.lambda_tok * tok_loss
+        stats.update(st, tok_loss=tok_loss.item())
+    elif c.teacher_lp is not None:
+        d = slice(0, c.n_distill)
+        divergence = "forward" if lo.objective == "forward_kl" else "reverse"
+        with _autocast(rt):
+            token_lp_d, kl = student_token_terms(model, hidden[d], c.completion_ids[d], c.teacher_lp,
+                                                 lo.kl_chunk_size, divergence)
+        weights = cord_token_weights(kl.detach(), c.completion_mask[d], lo.alpha, lo.beta, lo.top_k)  # [n_d, L]
+        tok_loss, st = weighted_token_loss(kl, weights, c.completion_mask[d], lo.tok_reduction)
+        loss = loss + lo.lambda_tok * tok_loss
+        stats.update(st)
+    if c.advantages is not None:
+        g = slice(c.group_start, None)
+        if c.group_start == 0 and token_lp_d is not None:  # shared rollouts: reuse the same log-probs
+            token_lp_g = token_lp_d
+        else:
+            with _autocast(rt):
+                token_lp_g, _ = student_token_terms(model, hidden[g], c.completion_ids[g], None, lo.kl_chunk_size)
+        seq_loss, st = policy_gradient_loss(token_lp_g, c.completion_mask[g], c.advantages)
+        loss = loss + lo.lambda_seq * seq_loss
+        stats.update(st)
+    stats["loss"] = loss.item()
+    stats["forward_s"] = _clock(rt) - t0
+    return loss, stats
+
+
+def batch_examples(examples: list[Example], indices: list[int]) -> list[Example]:
+    return [examples[i] for i in indices]

@@ -1,0 +1,281 @@
+"""The CORD training loop: read top to bottom.
+
+    cordlite train recipes/tiny_cpu.yaml [--set train.max_steps=10] [--resume]
+    accelerate launch --multi_gpu --num_processes 4 -m cordlite train RECIPE   (data parallel)
+
+setup (runtime, data, model + LoRA, optimizer, schedule, resume) -> for each step: take the
+step's global batch, this rank's shard of it, per micro-batch seed + collect (no grad) + loss +
+backward, sum gradients over ranks, clip, optimizer step, log one metrics.jsonl line, checkpoint
+every k steps -> final adapter in RUN/adapter.
+
+Prompts and sampling seeds are pure functions of (seed, step, micro-batch), never of the rank
+layout: 2 ranks x b prompts make the same update as 1 rank x 2b prompts with micro-batches of b,
+and a run resumes on any number of ranks. SIGINT/SIGTERM save a checkpoint of the last completed
+step and exit; `--resume` continues at the next step with the same prompts and seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cordlite.config import Recipe
+from cordlite.data import AudioCache, Example, batch_indices, encode_views, has_text_view, read_manifest
+from cordlite.files import write_text_atomic
+from cordlite.judge.rewards import judge_for_recipe
+from cordlite.models.adapter import save_adapter
+from cordlite.models.load import load_base
+from cordlite.models.lora import attach_lora, trainable_parameters
+from cordlite.models.runtime import resolve_runtime
+from cordlite.objective.step import ReferenceStore, Tokens, batch_examples, collect, compute_loss
+from cordlite.recipe import dump_recipe, recipe_to_dict
+from cordlite.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cordlite.train.distributed import Dist, init_distributed
+
+METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
+               "weight_max", "tokens_generated", "step_seconds")
+_SUMMED = {"tokens_generated", "reference_tokens", "rollout_s", "teacher_s", "judge_s", "forward_s",
+           "judge_by_rules", "judge_by_llm", "judge_cache_hits", "judge_unparseable"}
+_MAXED = {"kl_max", "weight_max"}
+
+
+class TrainError(RuntimeError):
+    """A problem with the run directory or state, with what to do about it."""
+
+
+class StopRequested(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+class _Signals:
+    """First SIGINT/SIGTERM asks the loop to stop at a safe point; a second one stops at once.
+    Under data parallelism all ranks agree on the stop at the same point."""
+
+    def __init__(self, dist: Dist):
+        self.dist = dist
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers, no graceful stop
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check(self) -> None:
+        if self.dist.any(self.signum is not None):
+            raise StopRequested(self.signum or signal.SIGTERM)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def step_seed(seed: int, step: int, micro: int = 0) -> int:
+    """Sampling seed of one micro-batch of one step (micro counts over the global batch)."""
+    return (seed * 1_000_003 + step * 7_919 + micro * 104_729) % (2**31)
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at 0-based `step`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _trim_metrics(path: Path, done: int) -> None:
+    """Drop metric lines of steps past the checkpoint (an interrupted run may have logged them)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= done:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    write_text_atomic(path, "".join(l + "\n" for l in keep))
+
+
+def merge_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    """One step's stats from its micro-batches: means, except counts/times (summed) and maxima."""
+    out = {}
+    for k in {k for p in parts for k in p}:
+        vals = [p[k] for p in parts if k in p]
+        out[k] = sum(vals) if k in _SUMMED else max(vals) if k in _MAXED else sum(vals) / len(vals)
+    return out
+
+
+def prepare_data(recipe: Recipe, dist: Dist) -> list[Example]:
+    manifest = Path(recipe.data.train_manifest)
+    if recipe.data.create_tiny_if_missing and not manifest.exists() and dist.main:
+        from data_tools.tiny_spoken import make_tiny_spoken_set
+
+        made = make_tiny_spoken_set(manifest.parent, n_questions=recipe.data.tiny_questions, seed=recipe.train.seed)
+        if made != manifest:
+            raise TrainError(f"data.train_manifest: the tiny set is written as {made}; set train_manifest to that path")
+    dist.barrier()
+    examples = read_manifest(manifest)
+    audio_only = [ex.id for ex in examples if not has_text_view(ex)]
+    if audio_only:
+        raise TrainError(f"{manifest}: {len(audio_only)} row(s) have text_view: false (e.g. {audio_only[0]!r}); "
+                         "CORD's teacher is the text view, so train on rows that have one and keep audio-only "
+                         "items (such as MMAU) for cordlite eval")
+    return examples
+
+
+def _check_batch(recipe: Recipe, dist: Dist) -> int:
+    """Prompts per rank; the global batch must split evenly into ranks x micro-batches."""
+    t = recipe.train
+    if t.batch_size % (dist.world * t.micro_batch_size):
+        raise TrainError(f"train.batch_size {t.batch_size} does not split over {dist.world} processes x "
+                         f"train.micro_batch_size {t.micro_batch_size}; make batch_size a multiple of "
+                         f"{dist.world * t.micro_batch_size}")
+    return t.batch_size // dist.world
+
+
+def train(recipe: Recipe, resume: bool = False) -> Path:
+    """Run CORD as the recipe says; returns the run directory."""
+    dist = init_distributed()
+    run_dir = Path(recipe.output.dir)
+    ckpt_root = run_dir / "checkpoints"
+    existing = latest_checkpoint(ckpt_root)
+    if existing is not None and not resume:
+        raise TrainError(f"{run_dir} already holds checkpoints (latest {existing.name}); pass --resume to "
+                         "continue that run, or set output.dir to a new directory")
+    per_rank = _check_batch(recipe, dist)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train, dist.local_rank)
+    torch.manual_seed(recipe.train.seed)
+
+    examples = prepare_data(recipe, dist)
+    if recipe.model.create_tiny_if_missing and dist.main:
+        from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
+
+        ensure_tiny_qwen2audio(recipe.model.name_or_path)
+    dist.barrier()
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    model = attach_lora(model, recipe.lora, rt, seed=recipe.train.seed)
+    tokenizer = processor.tokenizer
+    tokens = Tokens.of(model, tokenizer)
+    if dist.main:
+        write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
+
+    params = [p for _, p in trainable_parameters(model)]
+    o, t = recipe.optim, recipe.train
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.schedule))
+    done = 0
+    if resume and existing is not None:
+        done = load_checkpoint(existing, model, optimizer, scheduler)
+        if dist.main:
+            print(f"resuming from {existing} ({done} steps done)", file=sys.stderr)
+    metrics_path = run_dir / "metrics.jsonl"
+    if dist.main:
+        _trim_metrics(metrics_path, done)
+    dist.barrier()
+
+    meta = {"base_model": recipe.model.name_or_path, "recipe": recipe_to_dict(recipe)}
+    store = ReferenceStore(run_dir / "reference_answers.jsonl" if recipe.loss.teacher == "base" else None,
+                           write=dist.main)
+    judge = judge_for_recipe(recipe, model, tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
+    audio_cache = AudioCache(recipe.data.max_audio_seconds)
+    progress = None
+    if recipe.output.progress and dist.main:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=t.max_steps, initial=done, desc="cord", unit="step", dynamic_ncols=True)
+
+    def checkpoint(step: int) -> None:
+        if dist.main:
+            save_checkpoint(ckpt_root, step, model, optimizer, scheduler, meta, recipe.output.keep_last)
+        dist.barrier()
+
+    metrics = metrics_path.open("a", encoding="utf-8") if dist.main else None
+    with _Signals(dist) as signals:
+        try:
+            for step in range(done, t.max_steps):
+                t0 = time.perf_counter()
+                indices = batch_indices(len(examples), t.batch_size, step, t.seed, recipe.data.shuffle)
+                mine = indices[dist.rank * per_rank : (dist.rank + 1) * per_rank]
+                optimizer.zero_grad(set_to_none=True)
+                parts = []
+                for start in range(0, per_rank, t.micro_batch_size):
+                    signals.check()
+                    torch.manual_seed(step_seed(t.seed, step, (dist.rank * per_rank + start) // t.micro_batch_size))
+                    chunk = batch_examples(examples, mine[start : start + t.micro_batch_size])
+                    views = encode_views(processor, chunk, audio_cache, recipe.data.instruction,
+                                         recipe.data.system_prompt).to(rt.device)
+                    collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge)
+                    loss, stats = compute_loss(model, collected, recipe, rt)
+                    (loss * (len(chunk) / t.batch_size)).backward()  # each rank's share of the global mean
+                    parts.append({**collected.stats, **stats})
+                signals.check()  # parameters are still those of the last completed step
+                t1 = time.perf_counter()
+                dist.sum_gradients(params)
+                max_norm = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                row = merge_stats([p for rank_parts in dist.gather(parts) for p in rank_parts])
+                done = step + 1
+                if dist.main:
+                    row.update(step=done, lr=lr, grad_norm=grad_norm, optimizer_s=time.perf_counter() - t1,
+                               step_seconds=time.perf_counter() - t0, world_size=dist.world,
+                               global_batch=len(indices), prompt_ids=[examples[i].id for i in indices])
+                    _log(metrics, row, progress)
+                if done % recipe.output.save_every == 0 or done == t.max_steps:
+                    checkpoint(done)
+        except StopRequested as stop:
+            last = latest_checkpoint(ckpt_root)
+            if last is None or int(last.name.split("_")[1]) != done:
+                checkpoint(done)
+            if progress is not None:
+                progress.close()
+            if dist.main:
+                print(f"\n{signal.Signals(stop.signum).name}: saved a checkpoint after step {done} in "
+                      f"{ckpt_root}; continue with --resume", file=sys.stderr)
+            raise SystemExit(128 + stop.signum) from None
+        finally:
+            if metrics is not None:
+                metrics.close()
+    if progress is not None:
+        progress.close()
+    if dist.main:
+        save_adapter(model, run_dir / "adapter", {**meta, "steps": done})
+    dist.barrier()
+    return run_dir
+
+
+def _log(metrics, row: dict, progress) -> None:
+    for k in METRIC_KEYS:
+        row.setdefault(k, 0.0)
+    ordered = {k: row[k] for k in METRIC_KEYS} | {k: row[k] for k in sorted(row) if k not in METRIC_KEYS}
+    metrics.write(json.dumps(ordered) + "\n")
+    metrics.flush()
+    if progress is not None:
+        progress.update(1)
+        progress.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row.get('reward_mean', 0):.2f}",
+                             kl=f"{row['kl_mean']:.3f}")
