@@ -17,7 +17,7 @@ different texts, or kinds that differ such as "twelve" against "12"): those go t
 in `judge.mode: rules_then_llm`. A truncated response with no explicit final answer is False:
 it has no final answer (method doc, cordlite's choices).
 
-Benchmark conventions (`convention_score`, bottom of the file): evaluation rows that name an
+Benchmark conventions (cordlite.judge.conventions.convention_score): evaluation rows that name an
 `extraction` mode are scored by that benchmark's own rule instead (VoiceBench's multiple-choice
 letters, GSM8K's final number, MMAU's string match), so base-model numbers compare with published
 ones. Training rewards never use them.
@@ -237,12 +237,3 @@ def describe(answer: FinalAnswer | None) -> str | None:
         v: Fraction = answer.value  # type: ignore[assignment]
         return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
     return str(answer.value)
-
-
-# --------------------------------------------------------------------------- benchmark conventions
-#
-# `cordlite eval` scores an item whose manifest row names an `extraction` mode with that benchmark's
-# own rule instead of the judge, so base-model numbers compare with published ones. "cordlite" (the
-# default) is the judge path above.
-
-

@@ -1,4 +1,4 @@
-"""TTS backends behind one interface, and the seeded rule that gives each row its voice.
+"""The TTS interface every backend implements, and the seeded rule that gives each row its voice.
 
 Every backend turns (text, VoiceChoice) into cordlite input audio: 16 kHz mono float32,
 loudness-normalised (cordlite.audio). Backends:
@@ -11,10 +11,11 @@ loudness-normalised (cordlite.audio). Backends:
 * ``transformers``: a local VITS checkpoint (VitsModel, e.g. a download of
   facebook/mms-tts-eng). Licence per model card (MMS-TTS: CC-BY-NC-4.0).
 
-Voice choice is a pure function of (seed, row id), so a resumed job gives each row the voice
-it would have had, whatever the order the workers finish in.
+The engines live beside this module (espeak, neural) and `make_backend` starts the one a config
+names (data_tools.tts.backends). Voice choice is a pure function of (seed, row id), so a resumed
+job gives each row the voice it would have had, whatever the order the workers finish in.
 
-    backend = make_backend(TTSConfig())          # espeak-ng
+    backend = make_backend(TTSConfig())          # espeak-ng (data_tools.tts.backends)
     voice = VoicePlan.for_backend(backend, TTSConfig(), seed=0).pick("q1")
     audio = backend.synthesize("What is seven plus five?", voice)
 """
@@ -131,8 +132,3 @@ class Backend:
         if bad:
             raise BackendError(f"tts.voices: {bad} not available in {self.description}; "
                                f"choose from {sorted(known)}")
-
-
-# --------------------------------------------------------------------------- espeak
-
-
