@@ -155,25 +155,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """raw["a"]["b"] = value for "a.b", creating (copies of) the mappings on the way."""
+    keys = [k for k in dotted.split(".") if k]
+    node = raw
+    for k in keys[:-1]:
+        child = node.get(k)
+        node[k] = dict(child) if isinstance(child, dict) else {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...], problems: list[str]) -> None:
+    """Set each `key=value` override in `raw` (values read as YAML); a malformed one is appended to
+    `problems` and skipped, so every mistake is reported together. Used for recipes and TTS jobs."""
+    for text in overrides:
+        try:
+            keys, value = parse_override(text)
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        set_dotted(raw, ".".join(keys), value)
+
+
 def recipe_from_dict(raw: Any, source: str = "recipe", overrides: list[str] | tuple[str, ...] = (),
                      check_paths: bool = True) -> Recipe:
     """Build and check a Recipe from a plain mapping plus `key=value` overrides."""
     problems: list[str] = []
     raw = dict(raw or {}) if isinstance(raw, dict) else raw
     if isinstance(raw, dict):
-        for text in overrides:
-            try:
-                keys, value = parse_override(text)
-            except ConfigError as e:
-                problems += e.problems
-                continue
-            node = raw
-            for k in keys[:-1]:
-                child = node.get(k)
-                child = dict(child) if isinstance(child, dict) else {}
-                node[k] = child
-                node = child
-            node[keys[-1]] = value
+        apply_overrides(raw, overrides, problems)
     recipe = build(Recipe, raw, "", problems)
     # Range checks run too, so one message lists everything; a field that already failed to
     # parse holds its default, so checks that name it are dropped rather than reported twice.

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from cordlite.recipe import apply_overrides, set_dotted
 from cordlite.schema import ConfigError, build, to_plain
 from data_tools.sources import FieldMap, Format
 from data_tools.tts.base import TTSConfig
@@ -113,32 +114,13 @@ def _check(cfg: JobConfig, problems: list[str], check_paths: bool) -> None:
     need(cfg.workers >= 0, f"workers: {cfg.workers} must be >= 0 (0 = auto)")
 
 
-def set_dotted(raw: dict, dotted: str, value: Any) -> None:
-    """raw["a"]["b"] = value for "a.b", creating (copies of) the mappings on the way."""
-    keys = [k for k in dotted.split(".") if k]
-    node = raw
-    for k in keys[:-1]:
-        child = node.get(k)
-        node[k] = dict(child) if isinstance(child, dict) else {}
-        node = node[k]
-    node[keys[-1]] = value
-
-
 def job_from_dict(raw: Any, source: str = "job", overrides: tuple[str, ...] | list[str] = (),
                   check_paths: bool = True) -> JobConfig:
     """Build and check a JobConfig from a mapping plus `key=value` overrides (values read as YAML)."""
-    from cordlite.recipe import parse_override
-
     problems: list[str] = []
     raw = dict(raw) if isinstance(raw, dict) else raw
     if isinstance(raw, dict):
-        for text in overrides:
-            try:
-                keys, value = parse_override(text)
-            except ConfigError as e:
-                problems += e.problems
-                continue
-            set_dotted(raw, ".".join(keys), value)
+        apply_overrides(raw, overrides, problems)
     cfg = build(JobConfig, raw, "", problems)
     bad_fields = {p.split(":", 1)[0].split("[", 1)[0] for p in problems}
     checks: list[str] = []
