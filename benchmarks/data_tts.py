@@ -1,6 +1,7 @@
-"""Throughput of `cordlite data tts` with espeak-ng: N word problems voiced, checked, timed.
+"""Throughput of `cordlite data tts` (espeak-ng or flite): N word problems voiced, checked, timed.
 
     python -m benchmarks.data_tts --n 1000 --workers 2 --engine auto --out /tmp/bench_tts
+    python -m benchmarks.data_tts --n 1000 --backend flite --out /tmp/bench_tts_flite
 
 Writes OUT/questions.jsonl (GSM8K-like word problems with money, fractions, LaTeX and some
 multiple choice, seeded, 60-260 characters), runs the job into OUT/spoken, then the check.
@@ -60,7 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=0, help="0 = the job's default")
-    ap.add_argument("--engine", choices=("auto", "binary", "library"), default="auto")
+    ap.add_argument("--backend", choices=("espeak", "flite"), default="espeak")
+    ap.add_argument("--engine", choices=("auto", "binary", "library"), default="auto", help="espeak only")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_tts"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -78,10 +80,11 @@ def main() -> None:
     chars = [len(r["question"]) for r in rows]
 
     cfg = job_from_dict({"source": {"path": str(src)}, "output": {"dir": str(args.out / "spoken")},
-                         "tts": {"espeak_engine": args.engine}, "workers": args.workers})
+                         "tts": {"backend": args.backend, "espeak_engine": args.engine},
+                         "workers": args.workers})
     load = os.getloadavg()[0]
 
-    def cpu() -> float:  # this process and its espeak-ng children: robust to a busy machine
+    def cpu() -> float:  # this process and its espeak-ng / flite children: robust to a busy machine
         own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 

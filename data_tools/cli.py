@@ -36,7 +36,7 @@ def data() -> None:
 @click.option("--answer-field", help="Field holding the answer [answer].")
 @click.option("--choices-field", multiple=True, help="A list field of options, or repeat once per option column.")
 @click.option("--id-field", help="Field holding a unique id [id]; missing ids become <name>-<line>.")
-@click.option("--backend", type=click.Choice(["espeak", "kokoro", "transformers"]), help="TTS engine [espeak].")
+@click.option("--backend", type=click.Choice(["espeak", "flite", "kokoro", "transformers"]), help="TTS engine [espeak].")
 @click.option("--model", help="Local model folder (kokoro, transformers).")
 @click.option("--voice", "voices", multiple=True,
               help="Voice to draw from (repeatable); default: the engine's English set.")

@@ -248,3 +248,66 @@ def test_tiny_spoken_questions_deterministic() -> None:
     assert generate_questions(48, seed=4) != a
     for q in a:
         assert 140 <= q.voice.rate <= 190 and 35 <= q.voice.pitch <= 65
+
+
+# --------------------------------------------------------------------------- flite
+
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
+
+
+@needs_flite
+def test_flite_speaks_16k_mono_in_each_default_voice_and_speed_stretches() -> None:
+    from data_tools.tts.base import VoiceChoice
+    from data_tools.tts.flite import FliteBackend
+
+    tts = FliteBackend()
+    assert tts.default_voices() == ("slt", "rms", "awb", "kal16")
+    text = "Mia has 7 shells. She finds 5 more."
+    clips = {v: tts.synthesize(text, VoiceChoice(v, 1.0, None, 0)) for v in tts.default_voices()}
+    for voice, clip in clips.items():
+        assert clip.dtype == np.float32 and clip.ndim == 1 and 1.0 < clip.size / SAMPLE_RATE < 6.0, voice
+        assert abs(_dbfs(clip) - (-20.0)) < 1.5, voice  # loudness-normalised like every backend
+    assert len({round(float(np.abs(c).mean()), 4) for c in clips.values()}) == 4  # four different voices
+    slow = tts.synthesize(text, VoiceChoice("rms", 0.8, None, 0)).size
+    fast = tts.synthesize(text, VoiceChoice("rms", 1.25, None, 0)).size
+    assert fast < clips["rms"].size < slow  # duration_stretch = 1 / speed
+    assert tts.synthesize("-5 plus 7", VoiceChoice("slt", 1.0, None, 0)).size > 0  # not read as an option
+
+
+@needs_flite
+def test_flite_unknown_voice_is_refused_before_the_job() -> None:
+    from data_tools.tts.backends import make_backend
+    from data_tools.tts.base import BackendError, TTSConfig
+
+    with pytest.raises(BackendError, match=r"\['nobody'\] not among flite's voices"):
+        make_backend(TTSConfig(backend="flite", voices=("nobody",)))
+
+
+def test_flite_missing_says_how_to_install(monkeypatch) -> None:
+    import data_tools.tts.flite as flite
+    from data_tools.tts.base import BackendError
+
+    monkeypatch.setattr(flite.shutil, "which", lambda _name: None)
+    with pytest.raises(BackendError, match=r"apt-get install flite"):
+        flite.FliteBackend()
+
+
+@needs_flite
+def test_flite_tts_job_end_to_end(tmp_path: Path) -> None:
+    from data_tools.job.build import build
+    from data_tools.job.config import job_from_dict
+
+    src = tmp_path / "q.jsonl"
+    rows = [{"id": f"q{i}", "question": f"What is {i} plus {i + 2}?", "answer": str(2 * i + 2)} for i in range(4)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = job_from_dict({"source": {"path": str(src)}, "output": {"dir": str(tmp_path / "out")}, "workers": 2,
+                         "tts": {"backend": "flite"}})
+    result = build(cfg, progress=False)
+    rows = [json.loads(line) for line in result.manifest.read_text().splitlines()]
+    assert result.new_rows == 4 and len(rows) == 4
+    assert all(r["voice"].split("+")[0] in ("slt", "rms", "awb", "kal16") for r in rows)
+    for r in rows:
+        audio, sr = sf.read(str(tmp_path / "out" / r["audio_path"]))
+        assert sr == SAMPLE_RATE and audio.ndim == 1 and audio.size > SAMPLE_RATE // 2
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["backend"].startswith("flite")

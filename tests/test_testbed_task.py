@@ -168,3 +168,25 @@ def test_error_kinds_by_hand():
     rows = [{"id": "a", "view": "audio", "response": ref}, {"id": "a", "view": "text", "response": ref},
             {"id": "b", "view": "audio", "response": "The answer is"}]
     assert error_counts(rows, {"a": ref, "b": ref}) == {"right": 1, "operands": 0, "steps": 0, "format": 1}
+
+
+@pytest.mark.parametrize("transcript, numbers, heard", [
+    (" Mia has seven shells. She finds 5 more.", (7, 5), True),
+    (" Me as a seven shells. She finds five more. She gives free to Omar.", (7, 5, 3), False),  # 3 misheard
+    (" She finds 5 more. Mia has seven shells.", (7, 5), False),  # order matters
+    (" He has twenty-one apples.", (21,), True),
+    (" He has twenty one apples.", (20,), False),  # 20 is not the head of 21
+    (" He has 20 apples and 1 pear.", (20, 1), True),
+    (" A hundred and five, then 1,200.", (105, 1200), True),
+    (" Cats and dogs: 5.", (5,), True),
+])
+def test_hearing_probe_reads_numbers_as_digits_or_words(transcript, numbers, heard):
+    from cordlite.testbed.hearing import heard_numbers
+
+    assert heard_numbers(transcript, numbers) is heard
+
+
+def test_hearing_probe_takes_the_numbers_the_question_says():
+    from cordlite.testbed.hearing import written_numbers
+
+    assert written_numbers("Paul has 2 balls. He triples them. He loses 12. He gives 1,200 away.") == (2, 12, 1200)

@@ -251,7 +251,7 @@ def test_split_package_is_joined_once_and_checked(tmp_path, monkeypatch):
     fake = ww.Packaged(parts=(("pkg0", "data/model.bin.part1"), ("pkg1", "data/model.bin.part2")), size=len(joined),
                        sha256=hashlib.sha256(joined).hexdigest(), hub_id="x/y", pip="pkg0 pkg1")
     monkeypatch.setitem(ww.PACKAGED, "fake", fake)
-    monkeypatch.setattr(ww, "_package_file", lambda pkg, inner, pip: dirs[int(pkg[-1])] / inner)
+    monkeypatch.setattr(ww, "package_file", lambda pkg, inner, pip: dirs[int(pkg[-1])] / inner)
     path = packaged_model_bin("fake", tmp_path / "cache")
     assert path.read_bytes() == joined and path.parent == tmp_path / "cache"
     path.write_bytes(b"X" * len(joined))  # same size, other bytes: refused, never used silently
@@ -269,3 +269,31 @@ def test_packaged_tiny_en_is_the_pinned_file_and_loads_strictly(tmp_path):
     state = encoder_state_dict(arrays, max_source_positions=500)
     assert sum(v.numel() for v in state.values()) == 8_208_384 - 1000 * 384  # 8.2M with all 1500 positions
     _qwen2_audio_encoder(shape, 500).load_state_dict(state, strict=True)
+
+
+def test_transcriber_greedy_with_cache_equals_greedy_without(tmp_path):
+    """WhisperASR decodes one token a step from the decoder's cache: the same tokens as recomputing
+    every step, on a random tiny Whisper (the tokenizer here just prints the ids)."""
+    from cordlite.models.whisper_asr import WhisperASR
+
+    whisper = _tiny_whisper(seed=3)
+
+    class Ids:
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    asr = WhisperASR(whisper, Ids(), prompt_ids=[1, 5], end_id=2, num_mel_bins=8)
+    asr.features = lambda clips, sampling_rate, return_tensors: type("F", (), {"input_features": torch.stack(clips)})
+    clips = [torch.randn(8, 40) for _ in range(3)]
+    got = asr.transcribe(clips, batch_size=2, max_new_tokens=6)
+    expected = []
+    with torch.no_grad():
+        for clip in clips:
+            ids = [1, 5]
+            for _ in range(6):
+                nxt = int(whisper(clip[None], decoder_input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+                if nxt == 2:
+                    break
+                ids.append(nxt)
+            expected.append(" ".join(map(str, ids[2:])))
+    assert got == expected and any(expected)

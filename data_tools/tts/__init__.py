@@ -2,6 +2,7 @@
 
     base       TTSConfig, VoiceChoice, VoicePlan, the Backend interface, `finish` (16 kHz mono)
     espeak     the espeak-ng engine: the library (espeakng-loader wheel) or the apt binary
+    flite      CMU flite (apt flite): natural voices compiled into the program, a process per row
     neural     Kokoro-82M and VITS (transformers) backends, imported only when asked for
     backends   the espeak backend and `make_backend`, which starts the engine a config names
 

@@ -67,6 +67,10 @@ def make_backend(cfg: TTSConfig) -> Backend:
     """Start the engine `cfg.backend` names; BackendError says what is missing and how to fix it."""
     if cfg.backend == "espeak":
         backend: Backend = EspeakBackend(cfg.espeak_engine)
+    elif cfg.backend == "flite":
+        from data_tools.tts.flite import FliteBackend
+
+        backend = FliteBackend()
     elif cfg.backend == "kokoro":
         from data_tools.tts.neural import KokoroBackend
 
@@ -76,7 +80,7 @@ def make_backend(cfg: TTSConfig) -> Backend:
 
         backend = VitsBackend(cfg.model, cfg.device)
     else:
-        raise BackendError(f"tts.backend={cfg.backend!r}; use espeak, kokoro or transformers")
+        raise BackendError(f"tts.backend={cfg.backend!r}; use espeak, flite, kokoro or transformers")
     if cfg.voices:
         backend.check_voices(tuple(cfg.voices))
     return backend

@@ -6,6 +6,8 @@ loudness-normalised (cordlite.audio). Backends:
 * ``espeak``: espeak-ng (data_tools.tts.espeak), the apt binary when on PATH, else the library
   from the espeakng-loader wheel. Voices x rate x pitch. GPL-3.0-or-later, run as a separate
   program or loaded as a shared library.
+* ``flite``: CMU flite 2.2 (data_tools.tts.flite, apt flite), natural voices compiled into the
+  program, a process per row. BSD-style licence.
 * ``kokoro``: Kokoro-82M (the paper's TTS) through the ``kokoro`` package, from a local
   folder with config.json, the .pth weights and voices/*.pt. Apache-2.0.
 * ``transformers``: a local VITS checkpoint (VitsModel, e.g. a download of
@@ -30,7 +32,7 @@ import numpy as np
 
 from cordlite.audio import SAMPLE_RATE, loudness_normalize, resample
 
-BackendName = Literal["espeak", "kokoro", "transformers"]
+BackendName = Literal["espeak", "flite", "kokoro", "transformers"]
 ESPEAK_BASE_WPM = 175  # speed 1.0; espeak's own default
 SMALL_MACHINE_CORES = 4  # up to this many cores, espeak_engine "auto" prefers the library
 
@@ -44,14 +46,16 @@ class TTSConfig:
     """Which engine speaks, and the spread of voices it uses."""
 
     backend: BackendName = "espeak"
-    """espeak (default, CPU, no weights), kokoro (local Kokoro-82M) or transformers (local VITS)."""
+    """espeak (default, CPU, no weights), flite (CPU, natural voices, apt flite), kokoro (local
+    Kokoro-82M) or transformers (local VITS)."""
     model: str = ""
     """kokoro: folder with config.json, kokoro-v1_0.pth, voices/*.pt; transformers: a VITS folder."""
     espeak_engine: Literal["auto", "binary", "library"] = "auto"
     """espeak only: the in-process library (less CPU per row, one row at a time) or the espeak-ng
     program (a process per row, scales with cores); auto = library up to 4 cores, else the program."""
     voices: tuple[str, ...] = ()
-    """Voice names to draw from; () = the backend's English set (espeak: 8, kokoro: voices/a*, b*)."""
+    """Voice names to draw from; () = the backend's English set (espeak: 8, flite: slt, rms, awb,
+    kal16, kokoro: voices/a*, b*)."""
     speed: tuple[float, float] = (0.9, 1.1)
     """Range of speaking-rate factors; 1.0 = the engine's normal rate (espeak: 175 words/minute)."""
     pitch: tuple[int, int] = (35, 65)
