@@ -127,6 +127,16 @@ def _fused(arrays: dict, scope: str, parts: tuple[str, ...], out: dict, prefix: 
         out[f"{prefix}.{name}.bias"] = _t(b)
 
 
+def _self_attention_and_ffn(arrays: dict, s: str, out: dict, p: str) -> None:
+    """The parts every Whisper layer has, encoder or decoder: fused self-attention, its norm, the MLP."""
+    _fused(arrays, f"{s}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"), out, f"{p}.self_attn")
+    _linear(arrays, f"{s}/self_attention/linear_1", out, f"{p}.self_attn.out_proj")
+    _norm(arrays, f"{s}/self_attention/layer_norm", out, f"{p}.self_attn_layer_norm")
+    _linear(arrays, f"{s}/ffn/linear_0", out, f"{p}.fc1")
+    _linear(arrays, f"{s}/ffn/linear_1", out, f"{p}.fc2")
+    _norm(arrays, f"{s}/ffn/layer_norm", out, f"{p}.final_layer_norm")
+
+
 def _layers(arrays: dict, side: str) -> int:
     n = 0
     while f"{side}/layer_{n}/ffn/linear_0/weight" in arrays:
@@ -155,13 +165,7 @@ def encoder_state_dict(arrays: dict[str, np.ndarray],
         positions = positions[:max_source_positions]
     out["embed_positions.weight"] = _t(positions)
     for i in range(_layers(arrays, "encoder")):
-        s, p = f"encoder/layer_{i}", f"layers.{i}"
-        _fused(arrays, f"{s}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"), out, f"{p}.self_attn")
-        _linear(arrays, f"{s}/self_attention/linear_1", out, f"{p}.self_attn.out_proj")
-        _norm(arrays, f"{s}/self_attention/layer_norm", out, f"{p}.self_attn_layer_norm")
-        _linear(arrays, f"{s}/ffn/linear_0", out, f"{p}.fc1")
-        _linear(arrays, f"{s}/ffn/linear_1", out, f"{p}.fc2")
-        _norm(arrays, f"{s}/ffn/layer_norm", out, f"{p}.final_layer_norm")
+        _self_attention_and_ffn(arrays, f"encoder/layer_{i}", out, f"layers.{i}")
     _norm(arrays, "encoder/layer_norm", out, "layer_norm")
     return out
 
@@ -174,16 +178,12 @@ def whisper_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]
     out["model.decoder.embed_positions.weight"] = _t(arrays["decoder/position_encodings/encodings"])
     for i in range(_layers(arrays, "decoder")):
         s, p = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        _fused(arrays, f"{s}/self_attention/linear_0", ("q_proj", "k_proj", "v_proj"), out, f"{p}.self_attn")
-        _linear(arrays, f"{s}/self_attention/linear_1", out, f"{p}.self_attn.out_proj")
-        _norm(arrays, f"{s}/self_attention/layer_norm", out, f"{p}.self_attn_layer_norm")
+        _self_attention_and_ffn(arrays, s, out, p)
+        # cross-attention: q alone, then k and v fused
         _linear(arrays, f"{s}/attention/linear_0", out, f"{p}.encoder_attn.q_proj")
         _fused(arrays, f"{s}/attention/linear_1", ("k_proj", "v_proj"), out, f"{p}.encoder_attn")
         _linear(arrays, f"{s}/attention/linear_2", out, f"{p}.encoder_attn.out_proj")
         _norm(arrays, f"{s}/attention/layer_norm", out, f"{p}.encoder_attn_layer_norm")
-        _linear(arrays, f"{s}/ffn/linear_0", out, f"{p}.fc1")
-        _linear(arrays, f"{s}/ffn/linear_1", out, f"{p}.fc2")
-        _norm(arrays, f"{s}/ffn/layer_norm", out, f"{p}.final_layer_norm")
     _norm(arrays, "decoder/layer_norm", out, "model.decoder.layer_norm")
     out["proj_out.weight"] = out["model.decoder.embed_tokens.weight"]  # tied, as in Whisper
     return out
