@@ -20,6 +20,8 @@ import torch
 from cordlite.models.whisper_weights import (
     PACKAGED,
     WeightsError,
+    encoder_shape,
+    layer_count,
     package_file,
     packaged_model_bin,
     read_ct2,
@@ -45,18 +47,15 @@ class WhisperASR:
         if not tok_path.is_file():
             raise WeightsError(f"{tok_path}: the tokenizer of the packaged {name} weights is missing; reinstall them")
         tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tok_path))
-        d_model = int(arrays["encoder/conv1/weight"].shape[0])
-        layers = {side: sum(1 for k in arrays if k.startswith(f"{side}/layer_") and k.endswith("ffn/linear_0/weight"))
-                  for side in ("encoder", "decoder")}
+        enc = encoder_shape(arrays)
         config = WhisperConfig(
-            vocab_size=int(arrays["decoder/embeddings/weight"].shape[0]), d_model=d_model,
-            encoder_layers=layers["encoder"], decoder_layers=layers["decoder"],
-            encoder_attention_heads=int(arrays["encoder/num_heads"]),
+            vocab_size=int(arrays["decoder/embeddings/weight"].shape[0]), d_model=enc.d_model,
+            encoder_layers=enc.encoder_layers, decoder_layers=layer_count(arrays, "decoder"),
+            encoder_attention_heads=enc.encoder_attention_heads,
             decoder_attention_heads=int(arrays["decoder/num_heads"]),
-            encoder_ffn_dim=int(arrays["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
+            encoder_ffn_dim=enc.encoder_ffn_dim,
             decoder_ffn_dim=int(arrays["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
-            num_mel_bins=int(arrays["encoder/conv1/weight"].shape[1]),
-            max_source_positions=int(arrays["encoder/position_encodings/encodings"].shape[0]),
+            num_mel_bins=enc.num_mel_bins, max_source_positions=enc.max_source_positions,
             max_target_positions=int(arrays["decoder/position_encodings/encodings"].shape[0]))
         model = WhisperForConditionalGeneration(config)
         model.load_state_dict(whisper_state_dict(arrays), strict=True)

@@ -137,7 +137,8 @@ def _self_attention_and_ffn(arrays: dict, s: str, out: dict, p: str) -> None:
     _norm(arrays, f"{s}/ffn/layer_norm", out, f"{p}.final_layer_norm")
 
 
-def _layers(arrays: dict, side: str) -> int:
+def layer_count(arrays: dict, side: str) -> int:
+    """Layers of the encoder or the decoder of a Whisper CTranslate2 model."""
     n = 0
     while f"{side}/layer_{n}/ffn/linear_0/weight" in arrays:
         n += 1
@@ -164,7 +165,7 @@ def encoder_state_dict(arrays: dict[str, np.ndarray],
                                f"{positions.shape[0]} rows; choose 1 to {positions.shape[0]}")
         positions = positions[:max_source_positions]
     out["embed_positions.weight"] = _t(positions)
-    for i in range(_layers(arrays, "encoder")):
+    for i in range(layer_count(arrays, "encoder")):
         _self_attention_and_ffn(arrays, f"encoder/layer_{i}", out, f"layers.{i}")
     _norm(arrays, "encoder/layer_norm", out, "layer_norm")
     return out
@@ -176,7 +177,7 @@ def whisper_state_dict(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]
     out = {f"model.encoder.{k}": v for k, v in encoder_state_dict(arrays).items()}
     out["model.decoder.embed_tokens.weight"] = _t(arrays["decoder/embeddings/weight"])
     out["model.decoder.embed_positions.weight"] = _t(arrays["decoder/position_encodings/encodings"])
-    for i in range(_layers(arrays, "decoder")):
+    for i in range(layer_count(arrays, "decoder")):
         s, p = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
         _self_attention_and_ffn(arrays, s, out, p)
         # cross-attention: q alone, then k and v fused
@@ -203,7 +204,7 @@ class EncoderShape:
 
 def encoder_shape(arrays: dict[str, np.ndarray]) -> EncoderShape:
     conv1 = arrays["encoder/conv1/weight"]  # [d_model, n_mels, 3]
-    return EncoderShape(d_model=int(conv1.shape[0]), encoder_layers=_layers(arrays, "encoder"),
+    return EncoderShape(d_model=int(conv1.shape[0]), encoder_layers=layer_count(arrays, "encoder"),
                         encoder_attention_heads=int(arrays["encoder/num_heads"]),
                         encoder_ffn_dim=int(arrays["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
                         num_mel_bins=int(conv1.shape[1]),
