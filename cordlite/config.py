@@ -109,6 +109,10 @@ class RolloutConfig:
     """Nucleus sampling; 1.0 samples the full distribution, which on-policy training assumes."""
     reference_decoding: Literal["greedy", "sample"] = "greedy"
     """Text-view reference answer: greedy (cordlite default: the teacher's best answer) or sampled at T=1."""
+    encode_audio_once: bool = True
+    """Run the audio encoder once per prompt and phase of a step (rollouts, gradient pass) and reuse
+    its merged embeddings for every row (cordlite.models.audio_view): the same numbers, fewer
+    encoder passes. false = the model's own forward on every row (for comparison)."""
 
 
 @dataclass(frozen=True)

@@ -21,21 +21,26 @@ from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
 
 def completion_hidden(
     model,
-    prompt: dict[str, torch.Tensor],  # input_ids [n, P] left-padded, attention_mask, (+ audio features)
+    prompt: dict[str, torch.Tensor],  # input_ids [n, P] left-padded, attention_mask, (+ audio features or inputs_embeds)
     completion_ids: torch.Tensor,  # [n, L]
     completion_mask: torch.Tensor,  # [n, L]
 ) -> torch.Tensor:  # [n, L, H]: the hidden state that predicts each completion token
     base = base_of(model)
-    input_ids = torch.cat([prompt["input_ids"], completion_ids], dim=1)  # [n, P+L]
     attention_mask = torch.cat([prompt["attention_mask"], completion_mask.to(prompt["attention_mask"].dtype)], dim=1)
     # Same positions as generate(): count real tokens, so left padding does not shift them.
     position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
-    if "input_features" in prompt:
+    kwargs = {"attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+    if "inputs_embeds" in prompt:  # an audio view already merged (cordlite.models.audio_view.prompt_embeds)
+        completion = base.model.get_input_embeddings()(completion_ids)
+        kwargs["inputs_embeds"] = torch.cat([prompt["inputs_embeds"], completion.to(prompt["inputs_embeds"].dtype)],
+                                            dim=1)  # [n, P+L, H]
+    else:
+        kwargs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)  # [n, P+L]
+    if "input_features" in prompt and "inputs_embeds" not in prompt:
         kwargs["input_features"] = prompt["input_features"]
         kwargs["feature_attention_mask"] = prompt["feature_attention_mask"]
     hidden = base.model(**kwargs).last_hidden_state  # [n, P+L, H]
-    p, length = prompt["input_ids"].shape[1], completion_ids.shape[1]
+    p, length = prompt["attention_mask"].shape[1], completion_ids.shape[1]
     return hidden[:, p - 1 : p - 1 + length]
 
 

@@ -31,6 +31,7 @@ from cordlite.config import Recipe
 from cordlite.data import Example, ViewBatch
 from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.rewards import Judge, JudgeItem, rule_rewards
+from cordlite.models.audio_view import prompt_embeds
 from cordlite.models.lora import adapters_off, base_of
 from cordlite.models.runtime import Runtime
 from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
@@ -106,6 +107,12 @@ def _clock(rt: Runtime) -> float:
     return time.perf_counter()
 
 
+def _audio_prompt(model, audio: dict[str, torch.Tensor], once: bool) -> dict[str, torch.Tensor]:
+    """The audio-view prompt as given (the encoder runs inside every forward, for every row), or
+    with the encoder run once now and its frames merged into input embeddings."""
+    return prompt_embeds(model, audio) if once and "input_features" in audio else audio
+
+
 def _decode(tokenizer, r: Rollouts) -> list[str]:
     # Positions past the end token already hold pad_id (special, skipped). Multiplying by the mask
     # would make them token id 0, a printable token ("!") in Qwen vocabularies.
@@ -151,10 +158,11 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
             parts.append(sample(model, views.text, ro.group_size + 1, temperature=ro.distill_temperature, **common))
     else:
         with _autocast(rt):
+            audio = _audio_prompt(model, views.audio, ro.encode_audio_once)
             if use_tok and not ro.share_rollouts:
-                parts.append(sample(model, views.audio, 1, temperature=ro.distill_temperature, **common))
+                parts.append(sample(model, audio, 1, temperature=ro.distill_temperature, **common))
             if use_seq:
-                parts.append(sample(model, views.audio, ro.group_size, temperature=ro.group_temperature, **common))
+                parts.append(sample(model, audio, ro.group_size, temperature=ro.group_temperature, **common))
     timings["rollout_s"] = _clock(rt) - t0
 
     ids = pad_right([p.completion_ids for p in parts], tokens.pad_id)  # [n, L]
@@ -217,8 +225,10 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
     base_of(model).model.audio_tower.eval()
     lo = recipe.loss
     t0 = _clock(rt)
-    prompt = repeat_rows(c.views.audio, c.source)
     with _autocast(rt):
+        # With encode_audio_once the encoder runs (with grad) once per prompt, not once per row; the
+        # rows' gradients add up on the shared frames, as they would on repeated encoder passes.
+        prompt = repeat_rows(_audio_prompt(model, c.views.audio, recipe.rollout.encode_audio_once), c.source)
         hidden = completion_hidden(model, prompt, c.completion_ids, c.completion_mask)  # [n, L, H]
     loss = hidden.new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from cordlite.models.tiny import TinySpec
 from cordlite.testbed.fit import FitConfig, fit_fingerprint
-from cordlite.testbed.task import SPLIT_VOICES, TaskSpec, fingerprint, make_splits, spec_dict
+from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix
+from cordlite.testbed.task import FLITE_SPLIT_VOICES, SPLIT_VOICES, TaskSpec, fingerprint, make_splits, revoice, spec_dict
 from cordlite.testbed.voice import SHARD, VOICING
 
 MARKER = "testbed_stage.json"
@@ -48,6 +49,26 @@ TESTBED_MODEL = TinySpec(vocab_size=768, hidden_size=64, intermediate_size=128, 
                          num_attention_heads=2, num_key_value_heads=2, audio_d_model=64, audio_layers=2,
                          audio_heads=4, audio_ffn_dim=128, num_mel_bins=128, chunk_length_s=10, seed=0)
 
+# Encoders of the testbed: "scratch" is the from-scratch one above (the first testbed, kept as the
+# contrast: its gap is hearing); the others are pretrained Whisper encoders from packaged weights
+# (cordlite.models.whisper_weights), frozen, with a 12 s window (600 of Whisper's 1,500 positions).
+ENCODERS = ("whisper-tiny.en", "whisper-base", "scratch")
+_WHISPER_SHAPES = {  # d_model, layers, heads, FFN, mel bins: checked against the weights at init
+    "whisper-tiny.en": (384, 4, 6, 1536, 80),
+    "whisper-base": (512, 6, 8, 2048, 80),
+}
+
+
+def testbed_model(encoder: str) -> TinySpec:
+    """The testbed's model for an encoder: the same language model, the encoder's audio tower."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"--encoder {encoder!r}: choose one of {', '.join(ENCODERS)}")
+    if encoder == "scratch":
+        return TESTBED_MODEL
+    d, layers, heads, ffn, mels = _WHISPER_SHAPES[encoder]
+    return dataclasses.replace(TESTBED_MODEL, audio_d_model=d, audio_layers=layers, audio_heads=heads,
+                               audio_ffn_dim=ffn, num_mel_bins=mels, chunk_length_s=12)
+
 
 @dataclass(frozen=True)
 class TestbedConfig:
@@ -55,28 +76,58 @@ class TestbedConfig:
 
     __test__ = False  # not a pytest test class despite the name
 
+    encoder: str = "whisper-tiny.en"
+    """Audio encoder: a pretrained Whisper (frozen; flite voices; the listen alignment) or
+    "scratch" (trained here; espeak-ng voices; the chain + transcript alignment). See ENCODERS."""
     task: TaskSpec = field(default_factory=TaskSpec)
-    model: TinySpec = TESTBED_MODEL
+    model: TinySpec = testbed_model("whisper-tiny.en")
     instruction: str = "Answer step by step."
     """Text after the question (text view) or the audio (audio view); recipes must use the same."""
     text: FitConfig = FitConfig(lr=4e-3, batch_size=16, max_steps=3000, warmup_steps=30, eval_every=25,
                                 target=0.85, seed=0)
     """Text-model training; stops at val exact match >= target (a teacher at about 85 to 92%)."""
-    align: FitConfig = FitConfig(lr=4e-3, batch_size=8, max_steps=1500, warmup_steps=20, eval_every=100,
-                                 target=0.4, seed=0)
-    """Audio alignment (LM frozen); stops at val audio exact match >= target, or at max_steps."""
+    align: FitConfig = FitConfig(lr=2e-3, batch_size=10, max_steps=1500, warmup_steps=50, eval_every=100,
+                                 target=0.5, seed=0)
+    """Audio alignment; stops at val audio exact match >= target, or at max_steps. Pretrained
+    encoder: projector + LM on the AlignMix (cordlite.testbed.listen); scratch: encoder + projector,
+    LM frozen (cordlite.testbed.stages.align_audio)."""
+    mix: AlignMix = AlignMix()
+    """Pretrained encoder only: rows of each kind per alignment step (batch_size = asr + audio_chain)."""
+    align_clips: int = 2000
+    """Pretrained encoder only: train questions voiced and used by the alignment (the first N of
+    the train split; the text model trains on all of them)."""
     transcript_weight: float = 1.0
-    """Weight of the frame-level transcript term of the alignment (0 = answer chain only)."""
+    """Scratch encoder only: weight of the frame-level transcript term (0 = answer chain only)."""
     eval_batch_size: int = 64
     eval_max_new_tokens: int = 64
 
+    @property
+    def pretrained(self) -> bool:
+        return self.encoder != "scratch"
+
     @classmethod
-    def toy(cls) -> "TestbedConfig":
+    def scratch(cls) -> "TestbedConfig":
+        """The first testbed (docs/testbed.md, "the gap is hearing"): a from-scratch encoder."""
+        return cls(encoder="scratch", model=TESTBED_MODEL,
+                   align=FitConfig(lr=4e-3, batch_size=8, max_steps=1500, warmup_steps=20, eval_every=100,
+                                   target=0.4, seed=0))
+
+    @classmethod
+    def for_encoder(cls, encoder: str) -> "TestbedConfig":
+        if encoder == "scratch":
+            return cls.scratch()
+        return cls(encoder=encoder, model=testbed_model(encoder))
+
+    @classmethod
+    def toy(cls, encoder: str = "scratch") -> "TestbedConfig":
         """A few-second build of the same pipeline for tests (accuracies meaningless)."""
-        return cls(task=TaskSpec(n_train=48, n_cord=4, n_val=8, n_test=8),
-                   text=FitConfig(lr=4e-3, batch_size=8, max_steps=4, warmup_steps=1, eval_every=2, target=1.0),
-                   align=FitConfig(lr=4e-3, batch_size=4, max_steps=2, warmup_steps=1, eval_every=2, target=1.0),
-                   eval_batch_size=8, eval_max_new_tokens=8)
+        full = cls.for_encoder(encoder)
+        return dataclasses.replace(
+            full, task=TaskSpec(n_train=48, n_cord=4, n_val=8, n_test=8),
+            text=FitConfig(lr=4e-3, batch_size=8, max_steps=4, warmup_steps=1, eval_every=2, target=1.0),
+            align=FitConfig(lr=4e-3, batch_size=4, max_steps=2, warmup_steps=1, eval_every=2, target=1.0),
+            mix=AlignMix(asr=2, audio_chain=2, text_chain=2), align_clips=16,
+            eval_batch_size=8, eval_max_new_tokens=8)
 
 
 def digest(obj) -> str:
@@ -156,22 +207,43 @@ class Builder:
         torch.set_num_threads(self.threads)
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
+        if cfg.encoder not in ENCODERS:
+            raise ValueError(f"encoder {cfg.encoder!r}: choose one of {', '.join(ENCODERS)}")
         splits = make_splits(cfg.task)
+        if cfg.pretrained:  # the same questions, spoken by flite's voices
+            splits = revoice(splits, FLITE_SPLIT_VOICES, cfg.task.seed)
         self._check_fixed(splits)
         split_fps = {s: fingerprint(ps) for s, ps in splits.items()}
-        data_fp = digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
-                           "voices": {k: dataclasses.asdict(v) for k, v in SPLIT_VOICES.items()},
-                           "voicing": [VOICING, SHARD],
-                           "max_seconds": cfg.model.chunk_length_s})
-        self._stage("data", "data", data_fp, lambda d: self._data(d, splits), in_place=True)
-        init_fp = digest({"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]})
+        voiced = {**splits, "train": splits["train"][: cfg.align_clips]} if cfg.pretrained else splits
+        if cfg.pretrained:
+            voices = {k: [v.label for v in vs] for k, vs in FLITE_SPLIT_VOICES.items()}
+            data_fp = digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps, "tts": "flite",
+                               "voices": voices, "voicing": VOICING, "train_clips": cfg.align_clips,
+                               "max_seconds": cfg.model.chunk_length_s})
+        else:  # unchanged, so the scratch build of the first testbed stays valid
+            data_fp = digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
+                               "voices": {k: dataclasses.asdict(v) for k, v in SPLIT_VOICES.items()},
+                               "voicing": [VOICING, SHARD],
+                               "max_seconds": cfg.model.chunk_length_s})
+        self._stage("data", "data", data_fp, lambda d: self._data(d, voiced), in_place=True)
+        model_settings = {"format": _FORMAT, "model": dataclasses.asdict(cfg.model), "train": split_fps["train"]}
+        if cfg.pretrained:
+            from cordlite.models.whisper_weights import PACKAGED
+
+            model_settings["encoder"] = [cfg.encoder, PACKAGED[cfg.encoder].sha256]
+        init_fp = digest(model_settings)
         self._stage("init", "init", init_fp, lambda d: self._init(d, splits))
         text_fp = digest({"init": init_fp, "fit": fit_fingerprint(cfg.text), "instruction": cfg.instruction,
                            "train": split_fps["train"], "val": split_fps["val"]})
         self._stage("text", "text_model", text_fp, lambda d: self._text(d, splits))
-        align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
-                            "transcript_weight": cfg.transcript_weight})
-        self._stage("align", "model", align_fp, self._align)
+        if cfg.pretrained:
+            align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
+                                "mix": dataclasses.asdict(cfg.mix), "asr_instruction": ASR_INSTRUCTION})
+            self._stage("align", "model", align_fp, lambda d: self._listen(d, splits))
+        else:
+            align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
+                                "transcript_weight": cfg.transcript_weight})
+            self._stage("align", "model", align_fp, self._align)
         eval_fp = digest({"align": align_fp, "data": data_fp, "batch": cfg.eval_batch_size,
                            "max_new_tokens": cfg.eval_max_new_tokens})
         self._stage("eval", "eval", eval_fp, self._eval)
@@ -180,11 +252,15 @@ class Builder:
     def _check_fixed(self, splits) -> None:
         from cordlite.testbed.fixed import check_fixed_test
 
-        check_fixed_test(self.cfg.task, splits["test"])
+        check_fixed_test(self.cfg.task, splits["test"], "flite" if self.cfg.pretrained else "espeak")
 
     def _data(self, work: Path, splits) -> dict:
-        from cordlite.testbed.voice import voice_splits
+        from cordlite.testbed.voice import voice_splits, voice_splits_flite
 
+        if self.cfg.pretrained:
+            info = voice_splits_flite(splits, work, workers=self.workers, max_seconds=self.cfg.model.chunk_length_s,
+                                      progress=self.progress)
+            return {**info, "tts": "flite (a process per clip)", "tts_workers": self.workers}
         info = voice_splits(splits, work, workers=self.workers, max_seconds=self.cfg.model.chunk_length_s,
                             progress=self.progress)
         return {**info, "tts": "espeak-ng library (espeakng-loader)", "tts_workers": self.workers}
@@ -199,17 +275,39 @@ class Builder:
         corpus = default_corpus() + [p.question for p in splits["train"]] + [p.answer for p in splits["train"]]
         build_tiny_qwen2audio(work / "raw", self.cfg.model, corpus)
         model, processor = load_checkpoint(work / "raw")
-        # Whisper's (and Qwen2-Audio's) encoder positions are fixed sinusoids, not learned; a random
-        # init would leave the encoder without a usable sense of time.
-        pos = model.model.audio_tower.embed_positions.weight
-        with torch.no_grad():
-            pos.copy_(sinusoids(*pos.shape))
+        extra = {}
+        if self.cfg.pretrained:
+            extra["encoder"] = self._load_encoder(model)
+        else:
+            # Whisper's (and Qwen2-Audio's) encoder positions are fixed sinusoids, not learned; a random
+            # init would leave the encoder without a usable sense of time.
+            pos = model.model.audio_tower.embed_positions.weight
+            with torch.no_grad():
+                pos.copy_(sinusoids(*pos.shape))
         save_checkpoint(model, processor, work)
         shutil.rmtree(work / "raw")
         params = {k: sum(p.numel() for p in m.parameters()) for k, m in (
             ("language_model", model.model.language_model), ("lm_head", model.lm_head),
             ("audio_tower", model.model.audio_tower), ("projector", model.model.multi_modal_projector))}
-        return {"parameters": params, "vocab_size": len(processor.tokenizer)}
+        return {"parameters": params, "vocab_size": len(processor.tokenizer), **extra}
+
+    def _load_encoder(self, model) -> dict:
+        """The pretrained Whisper encoder into the audio tower, strictly; its shape checked first."""
+        from cordlite.models.whisper_weights import (PACKAGED, encoder_shape, encoder_state_dict,
+                                                     packaged_model_bin, read_ct2)
+
+        path = packaged_model_bin(self.cfg.encoder, self.out / ".weights")
+        arrays = read_ct2(path)
+        shape = encoder_shape(arrays)
+        got = (shape.d_model, shape.encoder_layers, shape.encoder_attention_heads, shape.encoder_ffn_dim,
+               shape.num_mel_bins)
+        if got != _WHISPER_SHAPES[self.cfg.encoder]:
+            raise ValueError(f"{path}: encoder shape {got} is not {self.cfg.encoder}'s "
+                             f"{_WHISPER_SHAPES[self.cfg.encoder]}; reinstall {PACKAGED[self.cfg.encoder].pip}")
+        tower = model.model.audio_tower
+        tower.load_state_dict(encoder_state_dict(arrays, tower.config.max_source_positions), strict=True)
+        return {"name": self.cfg.encoder, "file": str(path), "sha256": PACKAGED[self.cfg.encoder].sha256,
+                "max_source_positions": tower.config.max_source_positions}
 
     def _text(self, work: Path, splits) -> dict:
         from cordlite.testbed.stages import load_checkpoint, save_checkpoint, train_text
@@ -236,6 +334,29 @@ class Builder:
         return {"steps": result.steps, "reached_target": result.reached_target,
                 "val_audio_exact_match": result.metric, "train_seconds": round(result.seconds, 1),
                 "history": result.history}
+
+    def _listen(self, work: Path, splits) -> dict:
+        from cordlite.data import read_manifest
+        from cordlite.testbed.listen import EncodedClips, align_listen
+        from cordlite.testbed.stages import load_checkpoint, save_checkpoint
+
+        model, processor = load_checkpoint(self.out / "text_model")
+        names = {"asr": ASR_INSTRUCTION, "chain": self.cfg.instruction}
+        t0 = time.perf_counter()
+        train = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "train.jsonl"), names,
+                                progress=self.progress, label="align")
+        val = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "val.jsonl"), {"chain": names["chain"]},
+                              progress=self.progress, label="align")
+        encode_seconds = time.perf_counter() - t0
+        result = align_listen(model, processor, train, val, splits["train"], self.cfg.instruction, self.cfg.align,
+                              self.cfg.mix, progress=self.progress)
+        save_checkpoint(model, processor, work)
+        (work / "testbed.json").write_text(json.dumps({"instruction": self.cfg.instruction,
+                                                       "asr_instruction": ASR_INSTRUCTION, "encoder": self.cfg.encoder,
+                                                       "data": str(self.out / "data")}, indent=2) + "\n")
+        return {"steps": result.steps, "reached_target": result.reached_target,
+                "val_audio_exact_match": result.metric, "train_seconds": round(result.seconds, 1),
+                "encode_seconds": round(encode_seconds, 1), "history": result.history}
 
     def _eval(self, work: Path) -> dict:
         from cordlite.data import read_manifest
@@ -267,7 +388,8 @@ class Builder:
 
 
 def _config_dict(cfg: TestbedConfig) -> dict:
-    return {"task": spec_dict(cfg.task), "model": dataclasses.asdict(cfg.model), "instruction": cfg.instruction,
+    return {"encoder": cfg.encoder, "task": spec_dict(cfg.task), "model": dataclasses.asdict(cfg.model),
+            "instruction": cfg.instruction, "mix": dataclasses.asdict(cfg.mix), "align_clips": cfg.align_clips,
             "text": dataclasses.asdict(cfg.text), "align": dataclasses.asdict(cfg.align),
             "transcript_weight": cfg.transcript_weight,
             "eval_batch_size": cfg.eval_batch_size, "eval_max_new_tokens": cfg.eval_max_new_tokens}

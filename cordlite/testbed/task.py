@@ -131,6 +131,46 @@ SPLIT_VOICES: dict[str, SplitVoices] = {
 
 
 @dataclass(frozen=True)
+class FliteVoice:
+    """A flite voice: compiled-in voice name, speed factor (duration_stretch = 1 / speed) and, for
+    the diphone voices kal and kal16, a target mean pitch in Hz (None = the voice's own)."""
+
+    name: str
+    speed: float = 1.0
+    f0: int | None = None
+
+    @property
+    def label(self) -> str:
+        return f"flite-{self.name}+s{self.speed:.2f}" + ("" if self.f0 is None else f"+f{self.f0}")
+
+
+def _flite_voices(names: tuple[str, ...], speeds: tuple[float, ...], f0s: tuple[int | None, ...] = (None,)):
+    return tuple(FliteVoice(n, s, f) for n in names for s in speeds for f in f0s)
+
+
+# The pretrained-encoder testbed's voices (testbed v2), fixed before any method ran on it. Training
+# speaks with the Kal diphone voices (16 kHz and 8 kHz, three pitches) and CMU ARCTIC rms; val and
+# test only with the unit-selection voices slt (US female) and awb (Scottish male), never heard in
+# training, at speeds training does not use either. Within a split every voice is equally likely.
+FLITE_SPLIT_VOICES: dict[str, tuple[FliteVoice, ...]] = {
+    "train": _flite_voices(("kal16", "kal"), (0.95, 1.05, 1.15), (95, 125, 160)) + _flite_voices(
+        ("rms",), (1.05, 1.15, 1.25)) * 6,
+    "val": _flite_voices(("slt", "awb"), (1.05,)),
+    "test": _flite_voices(("slt", "awb"), (1.0, 1.1)),
+}
+FLITE_SPLIT_VOICES["cord"] = FLITE_SPLIT_VOICES["train"]
+
+
+def revoice(splits: dict[str, list[Problem]], table: dict[str, tuple], seed: int = 0) -> dict[str, list[Problem]]:
+    """The same problems with each voice drawn again from `table` by a seeded hash of (seed, id):
+    the questions, answers and ids stay those of make_splits, only who speaks them changes."""
+    from dataclasses import replace
+
+    return {split: [replace(p, voice=table[split][int(_unit_hash(p.id, seed) * len(table[split]))]) for p in ps]
+            for split, ps in splits.items()}
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """Sizes and seed of the task. The defaults are the testbed; tests use smaller counts."""
 

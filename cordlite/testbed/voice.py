@@ -85,14 +85,8 @@ def _existing(wav: Path) -> tuple[float, list] | None:
     return (info.frames / info.samplerate, words) if info.frames > 0 else None
 
 
-def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int = 2,
-                 max_seconds: float | None = None, progress: bool = True) -> dict[str, dict]:
-    """Voice every problem; returns {splits: {split: manifest, clips, total/max/mean seconds},
-    voiced_now, voicing_seconds}.
-
-    Raises ValueError naming the clip when one is longer than `max_seconds` (the encoder window)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    problems = [p for ps in splits.values() for p in ps]
+def _scan(problems: list[Problem], data_dir: Path) -> tuple[dict[str, tuple[float, list]], list]:
+    """(done: id -> (seconds, words) of clips already on disk, todo: [(problem, wav path)] to voice)."""
     done: dict[str, tuple[float, list]] = {}
     todo = []
     for p in problems:
@@ -102,6 +96,18 @@ def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int 
             todo.append((p, wav))
         else:
             done[p.id] = found
+    return done, todo
+
+
+def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int = 2,
+                 max_seconds: float | None = None, progress: bool = True) -> dict[str, dict]:
+    """Voice every problem; returns {splits: {split: manifest, clips, total/max/mean seconds},
+    voiced_now, voicing_seconds}.
+
+    Raises ValueError naming the clip when one is longer than `max_seconds` (the encoder window)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    problems = [p for ps in splits.values() for p in ps]
+    done, todo = _scan(problems, data_dir)
     t0 = time.perf_counter()
     missing = {p.id for p, _ in todo}
     shards = []
@@ -126,6 +132,49 @@ def voice_splits(splits: dict[str, list[Problem]], data_dir: Path, workers: int 
                 if progress and (voiced // 1000 != (voiced - len(results)) // 1000 or voiced == len(todo)):
                     rate = voiced / max(1e-9, time.perf_counter() - t0)
                     print(f"  [data] voiced {voiced}/{len(todo)} clips ({rate:.0f}/s)", file=sys.stderr, flush=True)
+    return _finish(splits, data_dir, done, todo, t0, max_seconds)
+
+
+def _flite_clip(job: tuple[str, str, float, int | None, str]) -> tuple[str, float]:
+    """Thread worker: one clip with flite (a process of its own, so threads run in parallel)."""
+    from data_tools.tts.flite import FliteBackend
+
+    text, name, speed, f0, path = job
+    audio = FliteBackend().speak(text, name, speed, f0)
+    seconds, _ = _write_clip(Path(path), audio, [])
+    return path, seconds
+
+
+def voice_splits_flite(splits: dict[str, list[Problem]], data_dir: Path, workers: int = 2,
+                       max_seconds: float | None = None, progress: bool = True) -> dict[str, dict]:
+    """voice_splits for problems whose voices are FliteVoice: the same files, manifests and checks.
+
+    flite starts a fresh process per clip and keeps no state, so a clip depends on its text and
+    voice alone; `workers` threads each wait on one flite process. flite reports no word timings
+    (`words` is empty)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from data_tools.tts.flite import FliteBackend
+
+    FliteBackend()  # fails early, with the install hint, when flite is missing
+    data_dir.mkdir(parents=True, exist_ok=True)
+    problems = [p for ps in splits.values() for p in ps]
+    done, todo = _scan(problems, data_dir)
+    t0 = time.perf_counter()
+    by_path = {str(wav): p for p, wav in todo}
+    jobs = [(p.question, p.voice.name, p.voice.speed, p.voice.f0, str(wav)) for p, wav in todo]
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for k, (path, seconds) in enumerate(pool.map(_flite_clip, jobs), 1):
+            done[by_path[path].id] = (seconds, [])
+            if progress and (k % 500 == 0 or k == len(jobs)):
+                rate = k / max(1e-9, time.perf_counter() - t0)
+                print(f"  [data] voiced {k}/{len(jobs)} clips with flite ({rate:.0f}/s)", file=sys.stderr, flush=True)
+    return _finish(splits, data_dir, done, todo, t0, max_seconds)
+
+
+def _finish(splits, data_dir: Path, done: dict, todo: list, t0: float, max_seconds: float | None) -> dict:
+    """Check clip lengths, write each split's manifest, delete clips no longer referenced."""
+    problems = [p for ps in splits.values() for p in ps]
     if max_seconds is not None:
         long = [(pid, d) for pid, (d, _) in done.items() if d > max_seconds]
         if long:

@@ -53,12 +53,19 @@ class FliteBackend(Backend):
             raise BackendError(f"tts.voices: {bad} not among flite's voices {list(self._voices)}")
 
     def synthesize(self, text: str, voice: VoiceChoice) -> np.ndarray:
+        return self.speak(text, voice.name, voice.speed)
+
+    def speak(self, text: str, name: str, speed: float = 1.0, f0: int | None = None) -> np.ndarray:
+        """16 kHz mono float32 of `text` in voice `name` at `speed`; `f0` sets the target mean
+        pitch in Hz (obeyed by the diphone voices kal and kal16, ignored by the others)."""
         # The text goes through a file: as an argument, a text starting with "-" would be an option.
         with tempfile.TemporaryDirectory(prefix="cordlite-flite-") as tmp:
             src, wav = Path(tmp) / "in.txt", Path(tmp) / "out.wav"
             src.write_text(text, encoding="utf-8")
-            cmd = [self._binary, "-voice", voice.name, "--setf", f"duration_stretch={1.0 / voice.speed:.4f}",
-                   "-f", str(src), "-o", str(wav)]
+            cmd = [self._binary, "-voice", name, "--setf", f"duration_stretch={1.0 / speed:.4f}"]
+            if f0 is not None:
+                cmd += ["--setf", f"int_f0_target_mean={int(f0)}"]
+            cmd += ["-f", str(src), "-o", str(wav)]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=_TIMEOUT_S)
             except subprocess.TimeoutExpired:

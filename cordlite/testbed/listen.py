@@ -1,0 +1,172 @@
+"""The pretrained-encoder testbed's alignment: the audio view learns to hear, not to reason.
+
+    clips = EncodedClips.of(model, processor, examples, {"asr": ASR_INSTRUCTION, "chain": instruction})
+    result = align_listen(model, processor, clips, val_clips, text_problems, instruction, FitConfig(...), AlignMix())
+
+A real LALM (Qwen2-Audio and kin) starts from a Whisper encoder pretrained on a large amount of
+speech and a text LLM, and is aligned mostly on transcription-like tasks; spoken reasoning gets
+little supervision. Its audio view hears the question and reasons worse over it: the gap CORD is
+argued for. This stage builds that on the testbed, with the Whisper encoder FROZEN (pretrained
+weights, cordlite.models.whisper_weights) and each optimizer step a mix of (AlignMix):
+
+  asr          audio + "Repeat the question." -> the question, word for word (hearing)
+  audio_chain  audio + the task instruction -> the chain of thought (a little spoken reasoning)
+  text_chain   text view -> the chain (replay, so the text view stays the teacher it was)
+
+The projector and the whole language model train (as in a real LALM's alignment, where the LLM is
+not frozen); the encoder does not, so its frames are computed once per clip (EncodedClips, with
+cordlite.models.audio_view, the same numbers as the model's own forward) and every step costs the
+language model alone. The stopping metric is teacher-forced exact match of the audio view's chain
+on val (as in cordlite.testbed.stages).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from cordlite.data import AudioCache, Example, batch_indices, encode_views
+from cordlite.models.audio_view import encode_audio, merge_audio, project
+from cordlite.testbed.fit import FitConfig, FitResult, answer_loss, completion_tensors, fit
+from cordlite.testbed.stages import EVAL_BATCH, end_and_pad, text_prompts
+from cordlite.testbed.task import Problem
+
+ASR_INSTRUCTION = "Repeat the question."
+
+
+@dataclass(frozen=True)
+class AlignMix:
+    """Rows of each kind per optimizer step, and the weight of each kind's token-mean loss."""
+
+    asr: int = 8
+    audio_chain: int = 2
+    text_chain: int = 6
+    asr_weight: float = 1.0
+    audio_chain_weight: float = 1.0
+    text_chain_weight: float = 1.0
+
+
+class EncodedClips:
+    """Per clip: the frozen encoder's frames (float16, cut to the clip) and its audio-view prompt ids
+    for each named instruction (unpadded). `batch(indices, name)` -> a prompt for the model."""
+
+    def __init__(self, examples: list[Example], frames: list[torch.Tensor], ids: dict[str, list[torch.Tensor]],
+                 pad_id: int):
+        self.examples, self.frames, self.ids, self.pad_id = examples, frames, ids, pad_id
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model, processor, examples: list[Example], instructions: dict[str, str], batch_size: int = 16,
+           progress: bool = True, label: str = "encode") -> "EncodedClips":
+        frames: list[torch.Tensor] = []
+        ids: dict[str, list[torch.Tensor]] = {name: [] for name in instructions}
+        cache, t0 = AudioCache(), time.perf_counter()
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s : s + batch_size]
+            for k, (name, instruction) in enumerate(instructions.items()):
+                audio = encode_views(processor, chunk, cache, instruction).audio
+                ids[name] += [row[m.bool()] for row, m in zip(audio["input_ids"], audio["attention_mask"])]
+                if k == 0:
+                    hidden, lengths = encode_audio(model, audio["input_features"], audio["feature_attention_mask"])
+                    frames += [h[:n].half() for h, n in zip(hidden, lengths.tolist())]
+            done = min(s + batch_size, len(examples))
+            if progress and (done % 500 < batch_size or done == len(examples)):
+                print(f"  [{label}] encoder frames of {done}/{len(examples)} clips, {time.perf_counter() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+        cache._cache.clear()
+        return cls(examples, frames, ids, processor.tokenizer.pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def prompt(self, model, indices: list[int], name: str) -> dict[str, torch.Tensor]:
+        """{"inputs_embeds", "attention_mask"} of these clips' audio-view prompts (left-padded), the
+        frames passed through the model's projector now (so it trains)."""
+        rows = [self.ids[name][i] for i in indices]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            input_ids[b, width - len(r):] = r
+            attention[b, width - len(r):] = 1
+        frames = [self.frames[i] for i in indices]
+        lengths = torch.tensor([len(f) for f in frames])
+        hidden = torch.zeros((len(frames), int(lengths.max()), frames[0].shape[1]))
+        for b, f in enumerate(frames):
+            hidden[b, : len(f)] = f.float()
+        embeds = merge_audio(model, input_ids, project(model, hidden), lengths)
+        return {"inputs_embeds": embeds, "attention_mask": attention, "input_ids": input_ids}
+
+
+def _trainable(model, on: bool) -> list[torch.nn.Parameter]:
+    """The projector and the language model (embeddings, decoder, head); the encoder stays frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if not on:
+        return []
+    params = [p for m in (model.model.multi_modal_projector, model.model.language_model, model.lm_head)
+              for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def audio_chain_exact_match(model, processor, clips: EncodedClips, name: str = "chain") -> float:
+    """Teacher-forced exact match of the reference chains after the clips' audio-view prompts."""
+    end_id, pad_id = end_and_pad(processor)
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for s in range(0, len(clips), EVAL_BATCH):
+            idx = list(range(s, min(s + EVAL_BATCH, len(clips))))
+            ids, mask = completion_tensors(processor.tokenizer, [clips.examples[i].answer for i in idx], end_id, pad_id)
+            _, _, exact = answer_loss(model, clips.prompt(model, idx, name), ids, mask)
+            hits += int(exact.sum())
+    return hits / max(1, len(clips))
+
+
+def align_listen(model, processor, train: EncodedClips, val: EncodedClips, text_train: list[Problem],
+                 instruction: str, cfg: FitConfig, mix: AlignMix = AlignMix(), progress: bool = True) -> FitResult:
+    """Train projector + language model on the mix until val audio-chain exact match >= cfg.target."""
+    end_id, pad_id = end_and_pad(processor)
+    params = _trainable(model, True)
+    tok = processor.tokenizer
+    if cfg.batch_size != mix.asr + mix.audio_chain:
+        raise ValueError(f"align batch_size {cfg.batch_size} must be mix.asr + mix.audio_chain "
+                         f"({mix.asr + mix.audio_chain}): the clips of one step")
+
+    def step_loss(indices: list[int], step: int):
+        model.train()
+        audio_rows = indices  # cfg.batch_size = mix.asr + mix.audio_chain clips
+        text_rows = batch_indices(len(text_train), mix.text_chain, step, cfg.seed + 1) if mix.text_chain else []
+        total, stats = 0.0, {}
+        parts = (("asr", audio_rows[: mix.asr], mix.asr_weight), ("audio_chain", audio_rows[mix.asr:],
+                                                                   mix.audio_chain_weight))
+        for kind, rows, weight in parts:
+            if not rows or weight == 0:
+                continue
+            name = "asr" if kind == "asr" else "chain"
+            targets = [train.examples[i].question if kind == "asr" else train.examples[i].answer for i in rows]
+            ids, mask = completion_tensors(tok, targets, end_id, pad_id)
+            loss, s, _ = answer_loss(model, train.prompt(model, rows, name), ids, mask)
+            total = total + weight * loss
+            stats[kind] = s["loss"]
+        if text_rows and mix.text_chain_weight:
+            chunk = [text_train[i] for i in text_rows]
+            ids, mask = completion_tensors(tok, [p.answer for p in chunk], end_id, pad_id)
+            loss, s, _ = answer_loss(model, text_prompts(processor, [p.question for p in chunk], instruction), ids, mask)
+            total = total + mix.text_chain_weight * loss
+            stats["text_chain"] = s["loss"]
+        stats["loss"] = total.item()
+        return total, stats
+
+    try:
+        result = fit(params, step_loss, lambda: audio_chain_exact_match(model, processor, val), len(train), cfg,
+                     "align", progress)
+    finally:
+        _trainable(model, False)
+    model.eval()
+    return result
