@@ -17,7 +17,7 @@ import torch
 from cordlite.data import AudioCache, encode_views, read_manifest
 from cordlite.models.audio_view import encode_audio, merge_audio, project, prompt_embeds
 from cordlite.models.load import load_base
-from cordlite.models.lora import attach_lora
+from cordlite.models.lora import attach_lora, base_of
 from cordlite.models.runtime import resolve_runtime
 from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
 from cordlite.recipe import recipe_from_dict
@@ -54,7 +54,7 @@ class _RowCounter:
 
     def __init__(self, model):
         self.rows = 0
-        tower = model.get_base_model().model.audio_tower
+        tower = base_of(model).model.audio_tower
         self.handle = tower.register_forward_hook(lambda m, args, out: self._add(args))
 
     def _add(self, args):
@@ -114,3 +114,26 @@ def test_a_cord_step_is_unchanged_and_encodes_each_clip_once_per_phase(setup):
     # per row: the two rollout calls run the encoder for 1 + 3 rows of each prompt; once: 2 clips
     assert (enc_roll_rows, enc_grad_rows) == (n, n)
     assert (enc_roll_once, enc_grad_once) == (2, 2)
+
+
+def test_frame_cache_reuses_a_frozen_encoders_frames(setup, tiny_model_dir, tiny_manifest):
+    from cordlite.models.audio_view import FrameCache, encoder_is_frozen
+
+    model, _, views, _, _ = setup
+    assert not encoder_is_frozen(model)  # adapters on the encoder: its frames must never be reused
+    plain, processor = load_base(setup[3].model, setup[3].quantization, setup[4])
+    assert encoder_is_frozen(plain)
+    audio = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.").audio
+    cache, counter = FrameCache(), _RowCounter(plain)
+    ids = ["a", "b"]
+    with torch.no_grad():
+        own = plain(**audio).logits
+        counter.rows = 0
+        for _ in range(3):  # three evaluations: the encoder runs for the first only
+            merged = cache.prompt(plain, ids, audio)
+            mine = plain(inputs_embeds=merged["inputs_embeds"], attention_mask=merged["attention_mask"]).logits
+            assert torch.equal(own[audio["attention_mask"].bool()], mine[audio["attention_mask"].bool()])
+        reversed_rows = cache.prompt(plain, ids[::-1], {k: v.flip(0) for k, v in audio.items()})
+    counter.handle.remove()
+    assert counter.rows == 2 and set(cache.frames) == {"a", "b"}
+    assert torch.equal(reversed_rows["inputs_embeds"].flip(0), merged["inputs_embeds"])

@@ -66,6 +66,6 @@ def test_suite_file_errors_name_every_field(tmp_path):
 
 def test_shipped_suite_parses(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    s = load_suite(REPO / "recipes" / "suites" / "testbed_ablation.yaml", out=str(tmp_path / "o"))
+    s = load_suite(REPO / "recipes" / "suites" / "testbed_scratch_ablation.yaml", out=str(tmp_path / "o"))
     assert [m.name for m in s.methods] == ["control", "sft", "forward_kl", "grpo", "grpo_uniform_kl", "cord"]
     assert len(s.seeds) == 3 and s.eval_steps()[-1] == s.steps

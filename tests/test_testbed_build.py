@@ -88,11 +88,11 @@ def test_toy_build_is_cached_and_reruns_from_a_changed_stage(toy_build):
 
 
 def test_recipe_loads_the_testbed(toy_build):
-    """recipes/testbed_cord.yaml validates against a built testbed (paths switched to the toy one)."""
+    """recipes/testbed_scratch_cord.yaml validates against a built testbed (paths switched to the toy one)."""
     from cordlite.recipe import load_recipe
 
     out, _ = toy_build
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_scratch_cord.yaml"
     r = load_recipe(recipe, [f"model.name_or_path={out / 'model'}",
                              f"data.train_manifest={out / 'data' / 'cord.jsonl'}"])
     assert r.data.instruction == json.loads((out / "model" / "testbed.json").read_text())["instruction"]
@@ -105,7 +105,7 @@ def test_ablation_suite_on_the_toy_build(toy_build, tmp_path):
     from cordlite.testbed.suite import load_suite
 
     out, _ = toy_build
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_scratch_cord.yaml"
     suite_file = tmp_path / "suite.yaml"
     fast = "rollout: {max_new_tokens: 6}, optim: {warmup_steps: 1}, train: {batch_size: 2, micro_batch_size: 2}"
     suite_file.write_text(
@@ -138,7 +138,7 @@ def test_demo_on_the_toy_build(toy_build, tmp_path):
     from cordlite.testbed.demo import run_demo
 
     out, _ = toy_build
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_scratch_cord.yaml"
     threads = torch.get_num_threads()
     report = run_demo(str(out), str(recipe), steps=2, out=str(tmp_path / "demo"), threads=1,
                       config=TestbedConfig.toy(), overrides=("optim.warmup_steps=1", "rollout.max_new_tokens=6"))

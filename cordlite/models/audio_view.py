@@ -69,3 +69,37 @@ def prompt_embeds(model, prompt: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     hidden, lengths = encode_audio(model, prompt["input_features"], prompt["feature_attention_mask"])
     embeds = merge_audio(model, prompt["input_ids"], project(model, hidden), lengths)
     return {"inputs_embeds": embeds, "attention_mask": prompt["attention_mask"], "input_ids": prompt["input_ids"]}
+
+
+def encoder_is_frozen(model) -> bool:
+    """True when nothing can change the audio tower's output between calls: no adapter layers in
+    it and no parameter of it that trains."""
+    tower, _, _, _ = _parts(model)
+    return not any("lora_" in name or p.requires_grad for name, p in tower.named_parameters())
+
+
+class FrameCache:
+    """Encoder frames per clip id, computed once and reused by later prompts of the same clips:
+    valid while the encoder is frozen (encoder_is_frozen), as for every evaluation of adapters
+    that leave it alone. The projector and the merge run on every call, so adapters on the
+    projector or the language model are always applied."""
+
+    def __init__(self) -> None:
+        self.frames: dict[str, torch.Tensor] = {}
+
+    def prompt(self, model, ids: list[str], audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`audio` (an audio-view prompt of the clips `ids`) as merged input embeddings."""
+        missing = [i for i, k in enumerate(ids) if k not in self.frames]
+        if missing:
+            index = torch.tensor(missing)
+            hidden, lengths = encode_audio(model, audio["input_features"].index_select(0, index),
+                                           audio["feature_attention_mask"].index_select(0, index))
+            for i, h, n in zip(missing, hidden, lengths.tolist()):
+                self.frames[ids[i]] = h[:n].detach().clone()
+        rows = [self.frames[k] for k in ids]
+        lengths = torch.tensor([len(r) for r in rows])
+        hidden = rows[0].new_zeros((len(rows), int(lengths.max()), rows[0].shape[1]))
+        for b, r in enumerate(rows):
+            hidden[b, : len(r)] = r
+        embeds = merge_audio(model, audio["input_ids"], project(model, hidden), lengths)
+        return {"inputs_embeds": embeds, "attention_mask": audio["attention_mask"], "input_ids": audio["input_ids"]}

@@ -21,7 +21,7 @@ from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
 
 def completion_hidden(
     model,
-    prompt: dict[str, torch.Tensor],  # input_ids [n, P] left-padded, attention_mask, (+ audio features or inputs_embeds)
+    prompt: dict[str, torch.Tensor],  # input_ids [n, P] left-padded, attention_mask, (+ audio features or embeds)
     completion_ids: torch.Tensor,  # [n, L]
     completion_mask: torch.Tensor,  # [n, L]
 ) -> torch.Tensor:  # [n, L, H]: the hidden state that predicts each completion token

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from cordlite.files import write_text_atomic
+from cordlite.models.audio_view import FrameCache
 from cordlite.testbed.suite import Method, Suite, SuiteError
 from cordlite.testbed.summary import base_scores, summarize, write_outputs
 
@@ -77,7 +78,7 @@ def run_key(suite: Suite, method: Method, seed: int) -> str:
                    "testbed": _testbed_fingerprint(suite.testbed)})
 
 
-def _score(model, processor, examples, instruction, responses: Path | None = None) -> dict:
+def _score(model, processor, examples, instruction, responses: Path | None = None, frames=None) -> dict:
     """Test-split accuracies; with `responses`, also the answers (JSONL) and the kinds of audio and
     text errors (cordlite.testbed.errors)."""
     from cordlite.files import write_jsonl_atomic
@@ -85,7 +86,7 @@ def _score(model, processor, examples, instruction, responses: Path | None = Non
     from cordlite.testbed.evaluate import evaluate_examples
 
     rows, s = evaluate_examples(model, processor, examples, instruction, batch_size=64, max_new_tokens=64,
-                                progress=False)
+                                progress=False, frames=frames)
     point = {k: s[k] for k in ("text_acc", "audio_acc", "gap", "n")}
     if responses is not None:
         responses.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
     if not done.is_file():
         train(recipe, resume=(run_dir / "train" / "checkpoints").is_dir())
     curve = []
+    frames = FrameCache()  # a frozen encoder's test-clip frames, computed at the first evaluation only
     for step in suite.eval_steps():
         cached = run_dir / "eval" / f"step_{step:06d}.json"
         if cached.is_file():
@@ -118,7 +120,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
             adapter = run_dir / "train" / "adapter"
         model, processor = load_for_eval(Path(suite.testbed) / "model", adapter)
         final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
-        point = {"step": step, **_score(model, processor, test, instruction, final)}
+        point = {"step": step, **_score(model, processor, test, instruction, final, frames)}
         cached.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cached, json.dumps(point) + "\n")
         curve.append(point)
@@ -138,6 +140,7 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
     train_rows = read_manifest(Path(suite.testbed) / "data" / "train.jsonl")
     targets = suite.eval_steps()
     curve: list[dict] = []
+    frames = FrameCache()  # used only while the encoder is frozen (the pretrained build's control)
     calls = [0]
 
     def evaluate() -> float:
@@ -146,16 +149,43 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
             return 0.0
         step = targets[len(curve)]
         final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
-        point = {"step": step, **_score(model, processor, test, instruction, final)}
+        point = {"step": step, **_score(model, processor, test, instruction, final, frames)}
         curve.append(point)
         _log(f"  [{method.name} seed {seed}] step {point['step']}: audio {point['audio_acc']:.1f}%  "
              f"text {point['text_acc']:.1f}%")
         return 0.0
 
+    build_config = _build_config(suite.testbed)
+    if build_config.get("encoder", "scratch") != "scratch":  # the pretrained build: its listen alignment
+        from dataclasses import fields
+
+        from cordlite.data import batch_indices
+        from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix, EncodedClips, align_listen
+
+        mix = AlignMix(**{f.name: build_config["mix"][f.name] for f in fields(AlignMix)})
+        per_step = mix.asr + mix.audio_chain
+        # The frozen encoder's frames of the clips the run will see (each once), computed up front.
+        order = [i for step in range(suite.steps) for i in batch_indices(len(train_rows), per_step, step, seed)]
+        used = [train_rows[i] for i in dict.fromkeys(order)][: suite.steps * per_step]
+        clips = EncodedClips.of(model, processor, used, {"asr": ASR_INSTRUCTION, "chain": instruction}, progress=False)
+        cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
+                        warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed)
+        align_listen(model, processor, clips, None, train_rows, instruction, cfg, mix, progress=False,
+                     evaluate=evaluate)
+        return curve
     cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
                     warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed)
     align_audio(model, processor, train_rows, [], instruction, cfg, progress=False, evaluate=evaluate)
     return curve
+
+
+def _build_config(testbed: str) -> dict:
+    """The build's recorded configuration (OUT/build.json), {} when absent."""
+    path = Path(testbed) / "build.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("config", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def run_one(suite: Suite, method: Method, seed: int, threads: int = 1) -> dict:

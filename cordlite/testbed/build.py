@@ -35,7 +35,8 @@ from pathlib import Path
 from cordlite.models.tiny import TinySpec
 from cordlite.testbed.fit import FitConfig, fit_fingerprint
 from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix
-from cordlite.testbed.task import FLITE_SPLIT_VOICES, SPLIT_VOICES, TaskSpec, fingerprint, make_splits, revoice, spec_dict
+from cordlite.testbed.task import (FLITE_SPLIT_VOICES, SPLIT_VOICES, TaskSpec, fingerprint, make_splits, revoice,
+                                   spec_dict)
 from cordlite.testbed.voice import SHARD, VOICING
 
 MARKER = "testbed_stage.json"
@@ -245,7 +246,7 @@ class Builder:
                                 "transcript_weight": cfg.transcript_weight})
             self._stage("align", "model", align_fp, self._align)
         eval_fp = digest({"align": align_fp, "data": data_fp, "batch": cfg.eval_batch_size,
-                           "max_new_tokens": cfg.eval_max_new_tokens})
+                           "max_new_tokens": cfg.eval_max_new_tokens, "errors": 1})
         self._stage("eval", "eval", eval_fp, self._eval)
         return self._write_record()
 
@@ -345,30 +346,41 @@ class Builder:
         t0 = time.perf_counter()
         train = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "train.jsonl"), names,
                                 progress=self.progress, label="align")
-        val = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "val.jsonl"), {"chain": names["chain"]},
-                              progress=self.progress, label="align")
+        val = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "val.jsonl"),
+                              {"chain": names["chain"]}, progress=self.progress, label="align")
         encode_seconds = time.perf_counter() - t0
         result = align_listen(model, processor, train, val, splits["train"], self.cfg.instruction, self.cfg.align,
                               self.cfg.mix, progress=self.progress)
         save_checkpoint(model, processor, work)
-        (work / "testbed.json").write_text(json.dumps({"instruction": self.cfg.instruction,
-                                                       "asr_instruction": ASR_INSTRUCTION, "encoder": self.cfg.encoder,
-                                                       "data": str(self.out / "data")}, indent=2) + "\n")
+        meta = {"instruction": self.cfg.instruction, "asr_instruction": ASR_INSTRUCTION, "encoder": self.cfg.encoder,
+                "data": str(self.out / "data")}
+        (work / "testbed.json").write_text(json.dumps(meta, indent=2) + "\n")
         return {"steps": result.steps, "reached_target": result.reached_target,
                 "val_audio_exact_match": result.metric, "train_seconds": round(result.seconds, 1),
                 "encode_seconds": round(encode_seconds, 1), "history": result.history}
 
     def _eval(self, work: Path) -> dict:
         from cordlite.data import read_manifest
-        from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, write_eval
+        from cordlite.models.audio_view import FrameCache
+        from cordlite.testbed.errors import hearing_split
+        from cordlite.testbed.evaluate import evaluate_examples, hearing_probe, load_for_eval, write_eval
 
         model, processor = load_for_eval(self.out / "model")
+        frames = FrameCache()  # the chain evaluation and the hearing probe share the encoder's frames
         out = {}
         for split in ("val", "test"):
             examples = read_manifest(self.out / "data" / f"{split}.jsonl")
             rows, summary = evaluate_examples(model, processor, examples, self.cfg.instruction,
                                               self.cfg.eval_batch_size, self.cfg.eval_max_new_tokens,
-                                              self.progress, label=f"eval {split}")
+                                              self.progress, label=f"eval {split}", frames=frames)
+            if self.cfg.pretrained:  # what the audio view hears, in its own words
+                heard_rows, summary["hearing"] = hearing_probe(
+                    model, processor, examples, ASR_INSTRUCTION, self.cfg.eval_batch_size,
+                    self.cfg.eval_max_new_tokens, self.progress, label=f"hearing {split}", frames=frames)
+                from cordlite.files import write_jsonl_atomic
+
+                write_jsonl_atomic(work / f"base_{split}_heard.jsonl", heard_rows)
+                summary["audio_by_hearing"] = hearing_split(rows, {r["id"]: r["problem"] for r in heard_rows})
             write_eval(work / f"base_{split}.json", rows, summary,
                        {"model": str(self.out / "model"), "adapter": None, "split": split})
             out[split] = summary

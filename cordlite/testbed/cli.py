@@ -109,17 +109,27 @@ def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int 
 
 
 @testbed.command("demo")
-@click.option("--dir", "testbed_dir", default="cache/testbed", show_default=True, help="Testbed build directory.")
-@click.option("--recipe", default="recipes/testbed_cord.yaml", show_default=True)
+@click.option("--encoder", type=click.Choice(ENCODER_NAMES), default=ENCODER_NAMES[0], show_default=True,
+              help="The build's encoder (as `cordlite testbed build --encoder`).")
+@click.option("--dir", "testbed_dir", default=None,
+              help="Testbed build directory [default: cache/testbed; cache/testbed_scratch with --encoder scratch].")
+@click.option("--recipe", default=None,
+              help="CORD recipe [default: recipes/testbed_cord.yaml; recipes/testbed_scratch_cord.yaml for scratch].")
 @click.option("--steps", type=click.IntRange(min=1), default=60, show_default=True, help="CORD steps.")
 @click.option("--out", default="runs/testbed_demo", show_default=True, help="Run directory (replaced).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-def demo_cmd(testbed_dir: str, recipe: str, steps: int, out: str, threads: int) -> None:
+def demo_cmd(encoder: str, testbed_dir: str | None, recipe: str | None, steps: int, out: str, threads: int) -> None:
     """The short version: build the testbed if needed, train CORD, report the gap before and after."""
+    from cordlite.models.whisper_weights import WeightsError
+    from cordlite.testbed.build import TestbedConfig
     from cordlite.testbed.demo import run_demo
+    from data_tools.tts.base import BackendError
 
+    scratch = encoder == "scratch"
+    testbed_dir = testbed_dir or ("cache/testbed_scratch" if scratch else "cache/testbed")
+    recipe = recipe or ("recipes/testbed_scratch_cord.yaml" if scratch else "recipes/testbed_cord.yaml")
     try:
-        report = run_demo(testbed_dir, recipe, steps, out, threads)
-    except (ValueError, FileNotFoundError) as e:
+        report = run_demo(testbed_dir, recipe, steps, out, threads, config=TestbedConfig.for_encoder(encoder))
+    except (WeightsError, BackendError, ValueError, FileNotFoundError) as e:
         fail(str(e), 2)
     click.echo(report)

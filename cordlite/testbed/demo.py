@@ -16,6 +16,15 @@ from pathlib import Path
 from cordlite.files import write_text_atomic
 
 
+def peak_memory_gib() -> float:
+    """Peak resident memory of this process and its finished children, GiB (Linux ru_maxrss is KiB)."""
+    import resource
+
+    usage = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    kib = max(usage)
+    return kib / 2**20
+
+
 def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: int = 2, config=None,
              overrides: tuple[str, ...] = ()) -> str:
     """Returns the report (also OUT/demo.md). `config` is the build's TestbedConfig (default: the
@@ -37,7 +46,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
                                 "--recipe PATH/recipes/testbed_cord.yaml")
     t0 = time.perf_counter()
     torch.set_num_threads(threads)
-    build(testbed_dir, config or TestbedConfig(), threads=threads, workers=threads)
+    record = build(testbed_dir, config or TestbedConfig(), threads=threads, workers=threads)
     t_build = time.perf_counter() - t0
     raw = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
     run = Path(out)
@@ -50,12 +59,18 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     t1 = time.perf_counter()
     train(recipe)
     t_train = time.perf_counter() - t1
+    t2 = time.perf_counter()
     instruction = testbed_instruction(testbed_dir)
     test = read_manifest(Path(testbed_dir) / "data" / "test.jsonl")
     model, processor = load_for_eval(Path(testbed_dir) / "model", run / "adapter")
     rows, after = evaluate_examples(model, processor, test, instruction, progress=True, label="eval test")
     write_eval(run / "eval_test.json", rows, after, {"adapter": str(run / "adapter"), "split": "test"})
+    t_eval = time.perf_counter() - t2
     before = base_scores(testbed_dir)
+    stages = {name: r.get("seconds", 0.0) for name, r in record["stages"].items()}
+    # A stage that was up to date reports the time of the build that made it.
+    cached = t_build < 0.5 * sum(stages.values())
+    peak = peak_memory_gib()
     gap_paper = before["text_acc"] - after["audio_acc"]
     reduction = 100.0 * (1 - gap_paper / before["gap"]) if before["gap"] > 0 else None
     reduction_text = "n/a, the base has no gap" if reduction is None else f"{reduction:.1f}%"
@@ -66,12 +81,16 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
              f"{after['text_acc'] - after['audio_acc']:.1f} |", "",
              f"Gap against the base text view: {before['gap']:.1f} -> {gap_paper:.1f} points "
              f"(reduction {reduction_text}); text view {after['text_acc'] - before['text_acc']:+.1f} points.",
-             f"Time: build {t_build:.0f} s, CORD {t_train:.0f} s, total {time.perf_counter() - t0:.0f} s.",
+             f"Time: build {t_build:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}"
+             f"{'; cached: the times of the build that made it' if cached else ''}), CORD {t_train:.0f} s, "
+             f"test eval {t_eval:.0f} s, total {time.perf_counter() - t0:.0f} s; peak memory {peak:.1f} GiB.",
              f"Adapter: {run / 'adapter'}; full ablation: cordlite testbed ablate recipes/suites/testbed_ablation.yaml"]
     report = "\n".join(lines) + "\n"
     write_text_atomic(run / "demo.md", report)
     write_text_atomic(run / "demo.json", json.dumps({"before": before, "after": after, "steps": steps,
                                                      "gap_vs_base_text": gap_paper, "gap_reduction": reduction,
-                                                     "seconds": {"build": t_build, "train": t_train,
-                                                                 "total": time.perf_counter() - t0}}, indent=2) + "\n")
+                                                     "seconds": {"build": t_build, "build_stages": stages,
+                                                                 "train": t_train, "eval": t_eval,
+                                                                 "total": time.perf_counter() - t0},
+                                                     "peak_memory_gib": peak}, indent=2) + "\n")
     return report

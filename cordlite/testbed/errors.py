@@ -10,6 +10,9 @@ operations are read off the question. A wrong answer is
   steps     the operands and operations are the question's, but a result or the final answer is
             wrong: a reasoning error along the chain, the kind exposure bias compounds
   format    no chain at all
+With the hearing probe (cordlite.testbed.evaluate.hearing_probe: the audio view transcribes the
+clip itself), `hearing_split` separates the wrong answers whose clip the audio view heard right
+(its transcript states the same problem) from those it misheard.
 This split is the testbed's evidence of what kind of gap a method is closing (docs/testbed.md).
 """
 
@@ -47,3 +50,22 @@ def error_counts(rows: list[dict], references: dict[str, str], view: str = "audi
         if r["view"] == view:
             counts[error_kind(r["response"], references[r["id"]])] += 1
     return counts
+
+
+def heard_problem(transcript: str, question: str) -> bool:
+    """The audio view's own transcript of a clip states the question's problem: the same start
+    value, operations and operands (names, friends and objects may differ)."""
+    from cordlite.testbed.task import parse_problem
+
+    return parse_problem(transcript) == parse_problem(question)
+
+
+def hearing_split(rows: list[dict], heard: dict[str, bool], view: str = "audio") -> dict[str, int]:
+    """Wrong answers of one view split by what the hearing probe heard for the same clip:
+    `misheard` (its transcript states another problem) or `heard` (it states this problem, so the
+    error is in the reasoning over it), with `right` for the answers that are right."""
+    out = {"right": 0, "misheard": 0, "heard": 0}
+    for r in rows:
+        if r["view"] == view:
+            out["right" if r["correct"] else ("heard" if heard[r["id"]] else "misheard")] += 1
+    return out

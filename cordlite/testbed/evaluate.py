@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from cordlite.data import AudioCache, Example, encode_views
+from cordlite.models.audio_view import FrameCache, encoder_is_frozen
+from cordlite.testbed.errors import error_counts, heard_problem
 from cordlite.testbed.task import check_answer, final_answer
 
 
@@ -33,8 +35,12 @@ def _answer(model, processor, inputs: dict, max_new_tokens: int, tokens) -> tupl
 
 
 def evaluate_examples(model, processor, examples: list[Example], instruction: str, batch_size: int = 64,
-                      max_new_tokens: int = 64, progress: bool = True, label: str = "eval") -> tuple[list[dict], dict]:
-    """(rows, summary): one row per example and view; summary with accuracies, gap and lengths."""
+                      max_new_tokens: int = 64, progress: bool = True, label: str = "eval",
+                      frames: FrameCache | None = None) -> tuple[list[dict], dict]:
+    """(rows, summary): one row per example and view; summary with accuracies, gap, lengths and
+    error kinds. `frames` reuses the encoder's frames of clips it has seen, when the encoder is
+    frozen (cordlite.models.audio_view.FrameCache: the same numbers, one encoder pass per clip
+    over several evaluations)."""
     from cordlite.objective.step import Tokens
 
     tokens = Tokens.of(model, processor.tokenizer)
@@ -46,7 +52,8 @@ def evaluate_examples(model, processor, examples: list[Example], instruction: st
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             views = encode_views(processor, chunk, cache, instruction)
-            for view, inputs in (("text", views.text), ("audio", views.audio)):
+            audio = _audio_inputs(model, chunk, views.audio, frames)
+            for view, inputs in (("text", views.text), ("audio", audio)):
                 texts, lengths, truncated = _answer(model, processor, inputs, max_new_tokens, tokens)
                 for ex, text, n, tr in zip(chunk, texts, lengths, truncated):
                     final = int(ex.meta["final"])
@@ -57,7 +64,54 @@ def evaluate_examples(model, processor, examples: list[Example], instruction: st
                 print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} questions, "
                       f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     cache._cache.clear()
-    return rows, summarize(rows, time.perf_counter() - t0)
+    summary = summarize(rows, time.perf_counter() - t0)
+    references = {ex.id: ex.answer for ex in examples}
+    for view in ("text", "audio"):
+        summary[f"{view}_errors"] = error_counts(rows, references, view)
+    return rows, summary
+
+
+def _audio_inputs(model, chunk: list[Example], audio: dict, frames: FrameCache | None) -> dict:
+    if frames is None or not encoder_is_frozen(model):
+        return audio
+    return frames.prompt(model, [ex.id for ex in chunk], audio)
+
+
+def hearing_probe(model, processor, examples: list[Example], asr_instruction: str, batch_size: int = 64,
+                  max_new_tokens: int = 64, progress: bool = True, label: str = "hearing",
+                  frames: FrameCache | None = None) -> tuple[list[dict], dict]:
+    """What the audio view hears: each clip transcribed by the model itself (audio view + the
+    alignment's ASR instruction, greedy), and whether every number the question says is in it
+    (cordlite.testbed.hearing), and whether it states the question's problem (errors.heard_problem:
+    the same numbers and operations). Returns (rows, summary: `problem`, `numbers` and `exact`
+    transcripts in percent)."""
+    from cordlite.objective.step import Tokens
+    from cordlite.testbed.hearing import heard_numbers, written_numbers
+
+    tokens = Tokens.of(model, processor.tokenizer)
+    model.eval()
+    cache = AudioCache()
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            inputs = _audio_inputs(model, chunk, encode_views(processor, chunk, cache, asr_instruction).audio, frames)
+            texts, _, _ = _answer(model, processor, inputs, max_new_tokens, tokens)
+            for ex, text in zip(chunk, texts):
+                rows.append({"id": ex.id, "question": ex.question, "heard": text,
+                             "problem": heard_problem(text, ex.question),
+                             "numbers": heard_numbers(text, written_numbers(ex.question)),
+                             "exact": text.strip() == ex.question.strip(), "voice": ex.meta.get("voice")})
+            if progress:
+                print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} clips, "
+                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    n = len(rows)
+    def pct(key: str) -> float | None:
+        return 100.0 * sum(r[key] for r in rows) / n if n else None
+
+    return rows, {"n": n, "problem": pct("problem"), "numbers": pct("numbers"), "exact": pct("exact"),
+                  "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def summarize(rows: list[dict], seconds: float | None = None) -> dict:

