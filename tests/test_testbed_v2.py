@@ -120,3 +120,39 @@ def test_toy_build_with_the_pretrained_encoder(toy_v2):
     assert sum(test["audio_by_hearing"].values()) == 8
     heard = [json.loads(line) for line in (out / "eval" / "base_test_heard.jsonl").read_text().splitlines()]
     assert len(heard) == 8 and {"heard", "problem", "numbers"} <= set(heard[0])
+
+
+@needs_flite
+@needs_whisper
+def test_suite_and_demo_on_the_pretrained_toy_build(toy_v2, tmp_path):
+    """The control continues the listen alignment (encoder frozen); CORD trains the LM and projector
+    adapters; both are scored on the test split; the demo reports every stage's time and the memory."""
+    from pathlib import Path
+
+    from cordlite.testbed.ablate import run_suite
+    from cordlite.testbed.build import TestbedConfig
+    from cordlite.testbed.demo import run_demo
+    from cordlite.testbed.suite import load_suite
+
+    out, _ = toy_v2
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "testbed_cord.yaml"
+    fast = "rollout: {max_new_tokens: 6}, optim: {warmup_steps: 1}, train: {batch_size: 2, micro_batch_size: 2}"
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(
+        f"testbed: {out}\nbase_recipe: {recipe}\nout: {tmp_path / 'abl'}\nseeds: [0]\nsteps: 2\neval_every: 1\n"
+        "jobs: 1\ncontrol: {lr: 1.0e-3, warmup_steps: 1}\nmethods:\n"
+        "  - {name: control, label: Control, kind: align}\n"
+        f"  - {{name: cord, label: CORD, recipe: {{{fast}}}}}\n")
+    threads = torch.get_num_threads()
+    summary = run_suite(load_suite(suite_file))
+    report = run_demo(str(out), str(recipe), steps=2, out=str(tmp_path / "demo"), threads=1,
+                      config=TestbedConfig.toy("whisper-tiny.en"),
+                      overrides=("optim.warmup_steps=1", "rollout.max_new_tokens=6"))
+    torch.set_num_threads(threads)
+    assert [m["name"] for m in summary["methods"]] == ["control", "cord"]
+    for name in ("control", "cord"):
+        result = json.loads((tmp_path / "abl" / name / "seed_0" / "result.json").read_text())
+        assert [p["step"] for p in result["curve"]] == [1, 2] and result["curve"][-1]["n"] == 8
+    saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert set(saved["seconds"]["build_stages"]) == {"data", "init", "text", "align", "eval"}
+    assert saved["peak_memory_gib"] > 0.1 and "peak memory" in report and "cached" in report

@@ -97,6 +97,8 @@ class TestbedConfig:
     align_clips: int = 2000
     """Pretrained encoder only: train questions voiced and used by the alignment (the first N of
     the train split; the text model trains on all of them)."""
+    cord_clips: int = 500
+    """Pretrained encoder only: cord prompts voiced (the first N; 100 steps of 4 prompts use 400)."""
     transcript_weight: float = 1.0
     """Scratch encoder only: weight of the frame-level transcript term (0 = answer chain only)."""
     eval_batch_size: int = 64
@@ -127,7 +129,7 @@ class TestbedConfig:
             full, task=TaskSpec(n_train=48, n_cord=4, n_val=8, n_test=8),
             text=FitConfig(lr=4e-3, batch_size=8, max_steps=4, warmup_steps=1, eval_every=2, target=1.0),
             align=FitConfig(lr=4e-3, batch_size=4, max_steps=2, warmup_steps=1, eval_every=2, target=1.0),
-            mix=AlignMix(asr=2, audio_chain=2, text_chain=2), align_clips=16,
+            mix=AlignMix(asr=2, audio_chain=2, text_chain=2), align_clips=16, cord_clips=4,
             eval_batch_size=8, eval_max_new_tokens=8)
 
 
@@ -215,11 +217,13 @@ class Builder:
             splits = revoice(splits, FLITE_SPLIT_VOICES, cfg.task.seed)
         self._check_fixed(splits)
         split_fps = {s: fingerprint(ps) for s, ps in splits.items()}
-        voiced = {**splits, "train": splits["train"][: cfg.align_clips]} if cfg.pretrained else splits
+        voiced = ({**splits, "train": splits["train"][: cfg.align_clips], "cord": splits["cord"][: cfg.cord_clips]}
+                  if cfg.pretrained else splits)
         if cfg.pretrained:
             voices = {k: [v.label for v in vs] for k, vs in FLITE_SPLIT_VOICES.items()}
             data_fp = digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps, "tts": "flite",
                                "voices": voices, "voicing": VOICING, "train_clips": cfg.align_clips,
+                               "cord_clips": cfg.cord_clips,
                                "max_seconds": cfg.model.chunk_length_s})
         else:  # unchanged, so the scratch build of the first testbed stays valid
             data_fp = digest({"format": _FORMAT, "task": spec_dict(cfg.task), "splits": split_fps,
@@ -402,6 +406,7 @@ class Builder:
 def _config_dict(cfg: TestbedConfig) -> dict:
     return {"encoder": cfg.encoder, "task": spec_dict(cfg.task), "model": dataclasses.asdict(cfg.model),
             "instruction": cfg.instruction, "mix": dataclasses.asdict(cfg.mix), "align_clips": cfg.align_clips,
+            "cord_clips": cfg.cord_clips,
             "text": dataclasses.asdict(cfg.text), "align": dataclasses.asdict(cfg.align),
             "transcript_weight": cfg.transcript_weight,
             "eval_batch_size": cfg.eval_batch_size, "eval_max_new_tokens": cfg.eval_max_new_tokens}

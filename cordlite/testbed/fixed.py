@@ -20,7 +20,7 @@ class FixedSplitError(RuntimeError):
 
 # The same 400 questions spoken by flite's voices (task.FLITE_SPLIT_VOICES): the pretrained-encoder
 # testbed. Recorded with its voice table, before any method ran on it.
-TEST_FINGERPRINT_FLITE = ""
+TEST_FINGERPRINT_FLITE = "2aa1e92d53ee4ff85cc5bcb966b213f828f6cbcf541236f900cc5ce0041bf32a"
 _FINGERPRINTS = {"espeak": TEST_FINGERPRINT, "flite": TEST_FINGERPRINT_FLITE}
 
 

@@ -45,6 +45,16 @@ class AlignMix:
     asr: int = 8
     audio_chain: int = 2
     text_chain: int = 6
+    chain_clips: int = 0
+    """Spoken reasoning comes from this many clips only (the first N of the train split; 0 = all):
+    a real LALM has far more transcribed speech than spoken reasoning data."""
+    text_targets: str = "reference"
+    """Text replay targets: "reference" chains, or the text model's "own" greedy answers (taken
+    once before the alignment), which keep the text view the teacher it was, errors included."""
+
+    def __post_init__(self):
+        if self.text_targets not in ("reference", "own"):
+            raise ValueError(f"AlignMix.text_targets {self.text_targets!r}: choose reference or own")
     asr_weight: float = 1.0
     audio_chain_weight: float = 1.0
     text_chain_weight: float = 1.0
@@ -115,6 +125,34 @@ def _trainable(model, on: bool) -> list[torch.nn.Parameter]:
     return params
 
 
+@dataclass(frozen=True)
+class Replay:
+    """A text replay row: a question and the answer to train on."""
+
+    question: str
+    answer: str
+
+
+@torch.no_grad()
+def own_answers(model, processor, problems: list, instruction: str, max_new_tokens: int = 64,
+                batch_size: int = 128) -> list[Replay]:
+    """The model's own greedy text-view answers to `problems` (anything with .question)."""
+    from cordlite.models.sampling import sample
+    from cordlite.objective.step import Tokens
+
+    tokens = Tokens.of(model, processor.tokenizer)
+    model.eval()
+    out: list[Replay] = []
+    for s in range(0, len(problems), batch_size):
+        chunk = problems[s : s + batch_size]
+        r = sample(model, text_prompts(processor, [p.question for p in chunk], instruction), 1, temperature=1.0,
+                   max_new_tokens=max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
+                   blocked_ids=tokens.blocked_ids, greedy=True)
+        texts = processor.tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
+        out += [Replay(p.question, t.strip()) for p, t in zip(chunk, texts)]
+    return out
+
+
 def audio_chain_exact_match(model, processor, clips: EncodedClips, name: str = "chain") -> float:
     """Teacher-forced exact match of the reference chains after the clips' audio-view prompts."""
     end_id, pad_id = end_and_pad(processor)
@@ -136,6 +174,8 @@ def align_listen(model, processor, train: EncodedClips, val: EncodedClips | None
     `text_train` holds anything with .question and .answer (problems or examples). `evaluate`
     replaces the stopping metric when given (the ablation control scores the test split with it)."""
     end_id, pad_id = end_and_pad(processor)
+    if mix.text_chain and mix.text_targets == "own":
+        text_train = own_answers(model, processor, text_train, instruction)
     params = _trainable(model, True)
     tok = processor.tokenizer
     if cfg.batch_size != mix.asr + mix.audio_chain:
@@ -145,6 +185,9 @@ def align_listen(model, processor, train: EncodedClips, val: EncodedClips | None
     def step_loss(indices: list[int], step: int):
         model.train()
         audio_rows = indices  # cfg.batch_size = mix.asr + mix.audio_chain clips
+        if mix.chain_clips:
+            chain = batch_indices(min(mix.chain_clips, len(train)), mix.audio_chain, step, cfg.seed + 2)
+            audio_rows = indices[: mix.asr] + chain
         text_rows = batch_indices(len(text_train), mix.text_chain, step, cfg.seed + 1) if mix.text_chain else []
         total, stats = 0.0, {}
         parts = (("asr", audio_rows[: mix.asr], mix.asr_weight), ("audio_chain", audio_rows[mix.asr:],
