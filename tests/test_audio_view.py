@@ -137,3 +137,26 @@ def test_frame_cache_reuses_a_frozen_encoders_frames(setup, tiny_model_dir, tiny
     counter.handle.remove()
     assert counter.rows == 2 and set(cache.frames) == {"a", "b"}
     assert torch.equal(reversed_rows["inputs_embeds"].flip(0), merged["inputs_embeds"])
+
+
+def test_a_frozen_encoder_runs_once_per_step(setup, tiny_model_dir, tiny_manifest):
+    """No adapter on the encoder: the gradient pass reuses the rollout phase's frames (0 encoder
+    rows there), with the loss and gradients of the per-row path."""
+    _, processor, views, recipe, rt = setup
+    torch.manual_seed(0)
+    plain, _ = load_base(recipe.model, recipe.quantization, rt)
+    frozen = attach_lora(plain, replace(recipe.lora, audio_encoder=False), rt, seed=0)
+    g = torch.Generator().manual_seed(2)
+    for n, p in frozen.named_parameters():
+        if "lora_B" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.1
+    local = (frozen, processor, views, recipe, rt)
+    c_rows, loss_rows, grads_rows, roll_rows, grad_rows = _step(local, once=False)
+    c_once, loss_once, grads_once, roll_once, grad_once = _step(local, once=True)
+    assert torch.equal(c_rows.completion_ids, c_once.completion_ids)
+    assert loss_once == pytest.approx(loss_rows, rel=1e-5, abs=1e-7)
+    assert any("multi_modal_projector" in k for k in grads_once)  # the projector still trains
+    for k in grads_rows:
+        assert torch.allclose(grads_rows[k], grads_once[k], rtol=1e-4, atol=1e-6), k
+    n = c_rows.completion_ids.shape[0]
+    assert (roll_rows, grad_rows) == (n, n) and (roll_once, grad_once) == (2, 0)

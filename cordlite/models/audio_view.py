@@ -62,11 +62,14 @@ def merge_audio(model, input_ids: torch.Tensor, projected: torch.Tensor, lengths
     return embeds.masked_scatter(audio.unsqueeze(-1), frames.to(embeds.dtype))
 
 
-def prompt_embeds(model, prompt: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def prompt_embeds(model, prompt: dict[str, torch.Tensor],
+                  frames: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """An audio-view prompt (input_ids, attention_mask, input_features, feature_attention_mask) as
-    {"inputs_embeds", "attention_mask", "input_ids"}: the encoder run once for its B rows.
-    `input_ids` stays for lengths and logging; models are called with the embeddings."""
-    hidden, lengths = encode_audio(model, prompt["input_features"], prompt["feature_attention_mask"])
+    {"inputs_embeds", "attention_mask", "input_ids"}: the encoder run once for its B rows, or not
+    at all when its output `frames` (hidden, lengths from encode_audio) is given. `input_ids` stays
+    for lengths and logging; models are called with the embeddings."""
+    hidden, lengths = frames if frames is not None else encode_audio(model, prompt["input_features"],
+                                                                     prompt["feature_attention_mask"])
     embeds = merge_audio(model, prompt["input_ids"], project(model, hidden), lengths)
     return {"inputs_embeds": embeds, "attention_mask": prompt["attention_mask"], "input_ids": prompt["input_ids"]}
 

@@ -31,7 +31,7 @@ from cordlite.config import Recipe
 from cordlite.data import Example, ViewBatch
 from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.rewards import Judge, JudgeItem, rule_rewards
-from cordlite.models.audio_view import prompt_embeds
+from cordlite.models.audio_view import encode_audio, encoder_is_frozen, prompt_embeds
 from cordlite.models.lora import adapters_off, base_of
 from cordlite.models.runtime import Runtime
 from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
@@ -87,6 +87,7 @@ class Collected:
     teacher_lp: torch.Tensor | None  # [n_distill, L, V]
     advantages: torch.Tensor | None  # [n - group_start]
     stats: dict[str, float] = field(default_factory=dict)
+    audio_frames: tuple[torch.Tensor, torch.Tensor] | None = None  # a frozen encoder's output, reused by the loss
 
 
 def _autocast(rt: Runtime):
@@ -105,12 +106,6 @@ def _clock(rt: Runtime) -> float:
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
     return time.perf_counter()
-
-
-def _audio_prompt(model, audio: dict[str, torch.Tensor], once: bool) -> dict[str, torch.Tensor]:
-    """The audio-view prompt as given (the encoder runs inside every forward, for every row), or
-    with the encoder run once now and its frames merged into input embeddings."""
-    return prompt_embeds(model, audio) if once and "input_features" in audio else audio
 
 
 def _decode(tokenizer, r: Rollouts) -> list[str]:
@@ -149,6 +144,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     t0 = _clock(rt)
     use_tok, use_seq = lo.lambda_tok > 0, lo.lambda_seq > 0
     parts: list[Rollouts] = []
+    frames = None
     common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
                   blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
     off_policy = lo.objective != "cord"
@@ -158,7 +154,10 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
             parts.append(sample(model, views.text, ro.group_size + 1, temperature=ro.distill_temperature, **common))
     else:
         with _autocast(rt):
-            audio = _audio_prompt(model, views.audio, ro.encode_audio_once)
+            if ro.encode_audio_once and encoder_is_frozen(model):
+                # Nothing trains in the encoder: its output now is its output in the gradient pass too.
+                frames = encode_audio(model, views.audio["input_features"], views.audio["feature_attention_mask"])
+            audio = prompt_embeds(model, views.audio, frames) if ro.encode_audio_once else views.audio
             if use_tok and not ro.share_rollouts:
                 parts.append(sample(model, audio, 1, temperature=ro.distill_temperature, **common))
             if use_seq:
@@ -215,7 +214,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     lengths = mask.sum(dim=1).float()
     stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
                  truncated_frac=1.0 - finished.float().mean().item(), **timings)
-    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats)
+    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats, frames)
 
 
 def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
@@ -228,7 +227,11 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
     with _autocast(rt):
         # With encode_audio_once the encoder runs (with grad) once per prompt, not once per row; the
         # rows' gradients add up on the shared frames, as they would on repeated encoder passes.
-        prompt = repeat_rows(_audio_prompt(model, c.views.audio, recipe.rollout.encode_audio_once), c.source)
+        # A frozen encoder's frames come from the rollout phase (c.audio_frames): not run again.
+        audio = c.views.audio
+        if recipe.rollout.encode_audio_once:
+            audio = prompt_embeds(model, audio, c.audio_frames)
+        prompt = repeat_rows(audio, c.source)
         hidden = completion_hidden(model, prompt, c.completion_ids, c.completion_mask)  # [n, L, H]
     loss = hidden.new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}

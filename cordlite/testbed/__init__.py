@@ -4,8 +4,10 @@
     cordlite train recipes/testbed_cord.yaml    # CORD on it
     cordlite testbed eval cache/testbed --adapter runs/testbed_cord/adapter
 
-See docs/testbed.md for the design and the measured figures. hearing.py is the hearing probe
-(how many of a question's numbers a transcript holds).
+See docs/testbed.md for the design and the measured figures. Two builds: the default one with a
+pretrained Whisper encoder and flite voices (alignment: listen.py), and `--encoder scratch`, the
+first testbed (alignment: stages.py). hearing.py counts the numbers a transcript holds;
+evaluate.hearing_probe has the audio view transcribe its clips, errors.py sorts wrong answers.
 
 May import: train/, objective/, models/, data_tools/ and the shared ground.
 Must not be imported by: any other package of cordlite (only cli.py and benchmarks/).

@@ -49,6 +49,8 @@ def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], 
         r = stages[name]
         click.echo(f"{name:6s} {r['seconds']:7.1f} s  (built {r['finished']})")
     for split in ("val", "test"):
+        if split not in stages["eval"]:
+            continue
         s = stages["eval"][split]
         click.echo(f"base {split}: text {s['text_acc']:.1f}%  audio {s['audio_acc']:.1f}%  gap {s['gap']:.1f} points "
                    f"(n={s['n']}, answers {s['text_tokens_mean']:.1f} tokens)")

@@ -1,4 +1,4 @@
-"""Stage (a) of the testbed build: speak every question of every split with espeak-ng.
+"""Stage (a) of the testbed build: speak every question of every split (espeak-ng, or flite).
 
     from cordlite.testbed.voice import voice_splits
     voice_splits(splits, OUT / "data", workers=2)   # -> per split: manifest path, clip statistics
@@ -8,6 +8,9 @@ written atomically and skipped when already there, so an interrupted run continu
 stopped. The hash covers the text and the voice, so a clip made for another version of the task
 is never reused; clips no longer referenced are deleted at the end. A split's manifest
 (cordlite's format plus final/template/voice/seconds/words fields) is written last.
+
+`voice_splits_flite` does the same with flite for problems whose voices are task.FliteVoice (the
+pretrained-encoder build): a flite process per clip, stateless, so any clip is reproducible.
 
 espeak-ng runs as its library (espeakng-loader), not as the executable, in `workers` processes,
 a fresh one per fixed shard of 512 clips so that every clip is reproducible (see _speak_shard):
