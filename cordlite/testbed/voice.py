@@ -31,6 +31,7 @@ from pathlib import Path
 from cordlite.files import write_jsonl_atomic, write_text_atomic
 from cordlite.testbed.task import Problem
 
+
 def clip_path(p: Problem) -> str:
     """Path of a problem's clip relative to the data directory."""
     digest = hashlib.sha256(f"{p.question}|{p.voice.label}|{VOICING}/{SHARD}".encode()).hexdigest()[:10]
