@@ -5,7 +5,7 @@
 Runs recipes/testbed_cord.yaml on a built testbed twice, one after the other in this process, with
 `rollout.encode_audio_once` false (the model's own forward: the encoder runs for every rollout row
 and again in the gradient pass) and true (once per prompt and phase; cordlite.models.audio_view),
-and reads each run's metrics.jsonl. The first step of each run is left out (warm-up). Writes
+and reads each run's metrics.jsonl (the runs go to a temporary folder). The first step of each run is left out (warm-up). Writes
 OUT/results.json and OUT/results.md; the losses of the two runs are printed side by side, since the
 two paths compute the same numbers (tests/test_audio_view.py checks it exactly on one step).
 """
@@ -59,7 +59,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()[0]
-    results = [run(args.testbed, once, args.steps, out / "runs", args.threads) for once in (False, True)]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cordlite-encode-once-") as tmp:  # the runs themselves are not kept
+        results = [run(args.testbed, once, args.steps, Path(tmp), args.threads) for once in (False, True)]
     before, after = results
     record = {"runs": results, "speedup": round(after["steps_per_second"] / before["steps_per_second"], 2),
               "machine": {"cpu_count": os.cpu_count(), "torch_threads": args.threads, "platform": platform.platform(),
