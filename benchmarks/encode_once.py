@@ -5,8 +5,8 @@
 Runs recipes/testbed_cord.yaml on a built testbed twice, one after the other in this process, with
 `rollout.encode_audio_once` false (the model's own forward: the encoder runs for every rollout row
 and again in the gradient pass) and true (once per prompt and phase; cordlite.models.audio_view),
-and reads each run's metrics.jsonl (the runs go to a temporary folder). The first step of each run is left out (warm-up). Writes
-OUT/results.json and OUT/results.md; the losses of the two runs are printed side by side, since the
+and reads each run's metrics.jsonl (the runs go to a temporary folder). The first step of each run
+is left out (warm-up). Writes OUT/results.json and OUT/results.md; the losses of the two runs are printed side by side, since the
 two paths compute the same numbers (tests/test_audio_view.py checks it exactly on one step).
 """
 
