@@ -49,8 +49,7 @@ def evaluate_examples(model, processor, examples: list[Example], instruction: st
     rows: list[dict] = []
     t0 = time.perf_counter()
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
+        for chunk in _chunks(examples, batch_size, progress, label, "questions", t0):
             views = encode_views(processor, chunk, cache, instruction)
             audio = _audio_inputs(model, chunk, views.audio, frames)
             for view, inputs in (("text", views.text), ("audio", audio)):
@@ -60,15 +59,21 @@ def evaluate_examples(model, processor, examples: list[Example], instruction: st
                     rows.append({"id": ex.id, "view": view, "response": text, "predicted": final_answer(text),
                                  "final": final, "correct": check_answer(text, final), "n_tokens": int(n),
                                  "truncated": tr, "template": ex.meta.get("template"), "voice": ex.meta.get("voice")})
-            if progress:
-                print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} questions, "
-                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     cache._cache.clear()
     summary = summarize(rows, time.perf_counter() - t0)
     references = {ex.id: ex.answer for ex in examples}
     for view in ("text", "audio"):
         summary[f"{view}_errors"] = error_counts(rows, references, view)
     return rows, summary
+
+
+def _chunks(examples: list[Example], batch_size: int, progress: bool, label: str, unit: str, t0: float):
+    """The examples in batches; after each, a progress line when `progress`."""
+    for start in range(0, len(examples), batch_size):
+        yield examples[start : start + batch_size]
+        if progress:
+            print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} {unit}, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
 def _audio_inputs(model, chunk: list[Example], audio: dict, frames: FrameCache | None) -> dict:
@@ -94,8 +99,7 @@ def hearing_probe(model, processor, examples: list[Example], asr_instruction: st
     rows: list[dict] = []
     t0 = time.perf_counter()
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
+        for chunk in _chunks(examples, batch_size, progress, label, "clips", t0):
             inputs = _audio_inputs(model, chunk, encode_views(processor, chunk, cache, asr_instruction).audio, frames)
             texts, _, _ = _answer(model, processor, inputs, max_new_tokens, tokens)
             for ex, text in zip(chunk, texts):
@@ -103,10 +107,8 @@ def hearing_probe(model, processor, examples: list[Example], asr_instruction: st
                              "problem": heard_problem(text, ex.question),
                              "numbers": heard_numbers(text, written_numbers(ex.question)),
                              "exact": text.strip() == ex.question.strip(), "voice": ex.meta.get("voice")})
-            if progress:
-                print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} clips, "
-                      f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     n = len(rows)
+
     def pct(key: str) -> float | None:
         return 100.0 * sum(r[key] for r in rows) / n if n else None
 
