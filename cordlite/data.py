@@ -169,7 +169,7 @@ def encode_views(
     system_prompt: str | None = None,
 ) -> ViewBatch:
     """Render both views with the chat template and run the processor (audio -> mel features)."""
-    from cordlite.prompts import audio_view_messages, text_view_messages
+    from cordlite.prompts import audio_view_messages
 
     audio_prompts = [
         processor.apply_chat_template(audio_view_messages(str(ex.audio_path), instruction, system_prompt,
@@ -177,13 +177,19 @@ def encode_views(
                                       add_generation_prompt=True, tokenize=False)
         for ex in examples
     ]
-    text_prompts = [
-        processor.apply_chat_template(text_view_messages(ex.question, instruction, system_prompt),
-                                      add_generation_prompt=True, tokenize=False)
-        for ex in examples
-    ]
     clips = [audio_cache(ex) for ex in examples]
     audio = processor(text=audio_prompts, audio=clips, sampling_rate=16000, return_tensors="pt", padding=True)
-    text = processor.tokenizer(text_prompts, return_tensors="pt", padding=True)
     audio_keys = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
-    return ViewBatch(examples, {k: audio[k] for k in audio_keys}, {k: text[k] for k in ("input_ids", "attention_mask")})
+    return ViewBatch(examples, {k: audio[k] for k in audio_keys}, text_views(processor, examples, instruction,
+                                                                             system_prompt))
+
+
+def text_views(processor, examples: list[Example], instruction: str = "",
+               system_prompt: str | None = None) -> dict[str, "torch.Tensor"]:
+    """The text view alone (input_ids [B, Pt], attention_mask; left-padded): no audio read."""
+    from cordlite.prompts import text_view_messages
+
+    prompts = [processor.apply_chat_template(text_view_messages(ex.question, instruction, system_prompt),
+                                             add_generation_prompt=True, tokenize=False) for ex in examples]
+    text = processor.tokenizer(prompts, return_tensors="pt", padding=True)
+    return {k: text[k] for k in ("input_ids", "attention_mask")}

@@ -5,6 +5,7 @@ kill cut short, so a long job resumes from what it wrote."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,15 @@ def temp_path(path: Path) -> Path:
     """A hidden sibling of `path`, unique per process and thread, keeping the suffix (for formats
     chosen by extension)."""
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -59,6 +59,14 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     if d.create_tiny_if_missing and Path(d.train_manifest).name != "manifest.jsonl":
         problems.append(f"data.train_manifest: {d.train_manifest!r} must be named manifest.jsonl when "
                         "data.create_tiny_if_missing is true (the tiny set is written as DIR/manifest.jsonl)")
+    if d.frames is not None:
+        need(not r.lora.audio_encoder, f"data.frames: {d.frames!r} holds a frozen encoder's frames, but "
+             "lora.audio_encoder: true trains the encoder; set one of them off")
+        need(r.rollout.encode_audio_once, f"data.frames: {d.frames!r} needs rollout.encode_audio_once: true "
+             "(the stored frames are merged as input embeddings)")
+        if check_paths and not Path(d.frames).expanduser().is_file():
+            problems.append(f"data.frames: {d.frames!r} does not exist; build it with `cordlite testbed build` "
+                            "(OUT/frames/<split>.safetensors) or remove the field")
     need(d.tiny_questions >= 2, f"data.tiny_questions: {d.tiny_questions} must be >= 2")
     need(0 < d.max_audio_seconds <= 30.0,
          f"data.max_audio_seconds: {d.max_audio_seconds} must be in (0, 30] (Qwen2-Audio's encoder window)")

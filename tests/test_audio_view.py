@@ -50,12 +50,13 @@ def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
 
 
 class _RowCounter:
-    """Counts the rows the audio tower encodes."""
+    """Counts the rows the audio tower encodes (at its first convolution, which every encoder
+    pass runs: the tower's own forward and audio_view.window_forward alike)."""
 
     def __init__(self, model):
         self.rows = 0
         tower = base_of(model).model.audio_tower
-        self.handle = tower.register_forward_hook(lambda m, args, out: self._add(args))
+        self.handle = tower.conv1.register_forward_hook(lambda m, args, out: self._add(args))
 
     def _add(self, args):
         self.rows += args[0].shape[0]
@@ -69,7 +70,9 @@ def test_merged_embeddings_give_the_models_own_logits(setup):
         merged = prompt_embeds(model, audio)
         mine = model(inputs_embeds=merged["inputs_embeds"], attention_mask=merged["attention_mask"]).logits
     valid = audio["attention_mask"].bool()
-    assert torch.equal(own[valid], mine[valid])
+    # The encoder runs on the part of the window that holds audio: the same sums in another
+    # blocking, so float32 agrees to rounding (float64 exactly, test_window_forward_is_the_encoders_forward).
+    assert torch.allclose(own[valid], mine[valid], rtol=1e-5, atol=1e-6)
     # the parts: every clip's frames land on its own placeholder tokens, in order
     hidden, lengths = encode_audio(model, audio["input_features"], audio["feature_attention_mask"])
     n_audio = (audio["input_ids"] == model.get_base_model().config.audio_token_id).sum(dim=1)
@@ -132,7 +135,8 @@ def test_frame_cache_reuses_a_frozen_encoders_frames(setup, tiny_model_dir, tiny
         for _ in range(3):  # three evaluations: the encoder runs for the first only
             merged = cache.prompt(plain, ids, audio)
             mine = plain(inputs_embeds=merged["inputs_embeds"], attention_mask=merged["attention_mask"]).logits
-            assert torch.equal(own[audio["attention_mask"].bool()], mine[audio["attention_mask"].bool()])
+            assert torch.allclose(own[audio["attention_mask"].bool()], mine[audio["attention_mask"].bool()],
+                                  rtol=1e-5, atol=1e-6)
         reversed_rows = cache.prompt(plain, ids[::-1], {k: v.flip(0) for k, v in audio.items()})
     counter.handle.remove()
     assert counter.rows == 2 and set(cache.frames) == {"a", "b"}
@@ -160,3 +164,147 @@ def test_a_frozen_encoder_runs_once_per_step(setup, tiny_model_dir, tiny_manifes
         assert torch.allclose(grads_rows[k], grads_once[k], rtol=1e-4, atol=1e-6), k
     n = c_rows.completion_ids.shape[0]
     assert (roll_rows, grad_rows) == (n, n) and (roll_once, grad_once) == (2, 0)
+
+
+def test_window_forward_is_the_encoders_forward(setup, tiny_manifest):
+    """The encoder on the start of the window that holds audio gives, on every clip's valid frames,
+    the tower's own forward over the whole window (float64: to 1e-12), for clips of other lengths
+    in one batch; and it runs on fewer frames than the window."""
+    import copy
+
+    from transformers.masking_utils import create_bidirectional_mask
+
+    model, processor, _, _, _ = setup
+    model = copy.deepcopy(model).double().eval()
+    tower = base_of(model).model.audio_tower
+    audio = encode_views(processor, read_manifest(tiny_manifest)[:3], AudioCache(), "Answer the question.").audio
+    features = audio["input_features"].double()
+    mel = audio["feature_attention_mask"].sum(-1)
+    assert len(set(mel.tolist())) > 1, "clips of other lengths"
+    feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(mel)
+    window = features.shape[-1] // 2
+    valid = torch.arange(window)[None, :] < feat_lengths[:, None]
+    mask = create_bidirectional_mask(config=tower.config, inputs_embeds=torch.zeros((3, window, 1), dtype=torch.float64),
+                                     attention_mask=valid.long())
+    with torch.no_grad():
+        own = tower(features, attention_mask=mask).last_hidden_state  # [3, window/2, D]
+        mine, lengths = encode_audio(model, features, audio["feature_attention_mask"])
+    assert lengths.tolist() == out_lengths.tolist()
+    assert mine.shape[1] < own.shape[1] == window // 2  # fewer frames than the window
+    for b, n in enumerate(lengths.tolist()):
+        assert (mine[b, :n] - own[b, :n]).abs().max().item() < 1e-12
+
+
+def test_frame_store_round_trip_and_refusals(setup, tiny_manifest, tmp_path):
+    """A frame store holds every clip's frames with the encoder's and the clips' digests: loaded
+    back it gives the same prompts without running the encoder; another encoder, other clips or a
+    cut file are refused with a message naming the file."""
+    from cordlite.models.audio_view import FrameCache, FrameStoreError, encoder_digest
+
+    _, processor, _, recipe, rt = setup
+    plain, _ = load_base(recipe.model, recipe.quantization, rt)
+    audio = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.").audio
+    digest = encoder_digest(plain)
+    assert len(digest) == 64 and digest == encoder_digest(plain)
+    cache = FrameCache()
+    with torch.no_grad():
+        first = cache.prompt(plain, ["a", "b"], audio)
+    path = tmp_path / "frames" / "split.safetensors"
+    cache.save(path, digest, "clips-1")
+    loaded = FrameCache.load(path, digest, "clips-1")
+    counter = _RowCounter(plain)
+    with torch.no_grad():
+        again = loaded.prompt(plain, ["a", "b"], audio)
+    counter.handle.remove()
+    assert counter.rows == 0 and torch.equal(first["inputs_embeds"], again["inputs_embeds"])
+    half = FrameCache.load(path, digest, dtype=torch.float16)  # no clips check; kept in float16
+    assert half.frames["a"].dtype == torch.float16
+    hidden, lengths = half.frames_of(plain, ["a", "b"], audio)
+    assert hidden.dtype == torch.float32 and lengths.tolist() == [len(cache.frames["a"]), len(cache.frames["b"])]
+    with pytest.raises(FrameStoreError, match="another audio encoder"):
+        FrameCache.load(path, "0" * 64, "clips-1")
+    with pytest.raises(FrameStoreError, match="other clips"):
+        FrameCache.load(path, digest, "clips-2")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(FrameStoreError, match="cut.safetensors: unreadable"):
+        FrameCache.load(cut, digest)
+
+
+def test_collect_with_a_frame_store_skips_the_encoder(setup, tmp_path):
+    """data.frames: a step's rollouts and loss are those of a step that runs the encoder, and the
+    encoder runs for no row (rollout phase and gradient pass)."""
+    from cordlite.models.audio_view import FrameCache
+
+    _, processor, views, recipe, rt = setup
+    torch.manual_seed(0)
+    plain, _ = load_base(recipe.model, recipe.quantization, rt)
+    frozen = attach_lora(plain, replace(recipe.lora, audio_encoder=False), rt, seed=0)
+    tokens = Tokens.of(frozen, processor.tokenizer)
+    store = FrameCache()
+    with torch.no_grad():
+        store.frames_of(frozen, [ex.id for ex in views.examples], views.audio)
+    results = []
+    for frames in (None, store):
+        counter = _RowCounter(frozen)
+        torch.manual_seed(0)
+        c = collect(frozen, processor.tokenizer, views, recipe, rt, tokens, ReferenceStore(None), frames=frames)
+        loss, _ = compute_loss(frozen, c, recipe, rt)
+        counter.handle.remove()
+        results.append((c, loss.item(), counter.rows))
+    (c0, loss0, rows0), (c1, loss1, rows1) = results
+    assert rows0 == 2 and rows1 == 0
+    assert torch.equal(c0.completion_ids, c1.completion_ids)
+    assert loss1 == pytest.approx(loss0, rel=1e-5)
+
+
+def test_shared_prompt_pass_equals_repeated_prompts(setup):
+    """shared_prompt_hidden (each prompt once, rows continue from its keys and values) gives
+    completion_hidden on the repeated prompts: the same hidden states and the same gradients."""
+    from cordlite.objective.logprobs import completion_hidden, shared_prompt_hidden
+
+    model, processor, views, _, _ = setup
+    source = torch.tensor([0, 0, 0, 1, 1])  # 3 rows continue prompt 0, 2 rows prompt 1
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 100, (5, 4), generator=g)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    model.train()
+    grads = []
+    for shared in (False, True):
+        model.zero_grad(set_to_none=True)
+        prompt = prompt_embeds(model, views.audio)
+        if shared:
+            hidden = shared_prompt_hidden(model, prompt, source, ids, mask)
+        else:
+            hidden = completion_hidden(model, {k: v.index_select(0, source) for k, v in prompt.items()}, ids, mask)
+        (hidden * mask.unsqueeze(-1)).square().sum().backward()
+        grads.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    model.eval()
+    (h_rep, g_rep), (h_shared, g_shared) = grads
+    valid = mask.bool()
+    assert torch.allclose(h_rep[valid], h_shared[valid], rtol=1e-5, atol=1e-6)
+    assert g_rep.keys() == g_shared.keys() and any("language_model" in k for k in g_rep)
+    for k in g_rep:  # float32 sums in another order: equal to 1e-4 of each gradient's scale
+        assert (g_rep[k] - g_shared[k]).abs().max() <= 1e-4 * g_rep[k].abs().max(), k
+
+
+def test_one_generate_call_samples_rows_at_their_own_temperatures(setup):
+    """sample(temperature=[t0, t1, ...]): row j of every prompt's group at temperature t_j in one
+    call. The processor divides each row's logits by its temperature (by hand), and a row at
+    temperature 1e-6 is the greedy answer while a row at 1.0 differs from it."""
+    from cordlite.models.sampling import _RowTemperature, sample
+
+    scores = torch.tensor([[2.0, 4.0], [2.0, 4.0]])
+    assert torch.equal(_RowTemperature(torch.tensor([1.0, 0.5]))(None, scores), torch.tensor([[2.0, 4.0], [4.0, 8.0]]))
+    model, processor, views, _, _ = setup
+    tokens = Tokens.of(model, processor.tokenizer)
+    common = dict(max_new_tokens=6, end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids)
+    greedy = sample(model, views.text, 1, temperature=1.0, greedy=True, **common)
+    torch.manual_seed(0)
+    mixed = sample(model, views.text, 3, temperature=[1e-6, 1.0, 1.0], **common)
+    assert mixed.source.tolist() == [0, 0, 0, 1, 1, 1]
+    width = greedy.completion_ids.shape[1]
+    assert torch.equal(mixed.completion_ids[[0, 3], :width], greedy.completion_ids)
+    assert not torch.equal(mixed.completion_ids[[1, 2, 4, 5], :width], greedy.completion_ids.repeat_interleave(2, 0))
+    with pytest.raises(ValueError, match="2 temperatures for groups of 3"):
+        sample(model, views.text, 3, temperature=[1.0, 1.0], **common)

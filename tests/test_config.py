@@ -259,7 +259,11 @@ def test_a_field_that_failed_to_parse_is_not_reported_twice():
     ({"loss": {"lambda_seq": 0.0}, "rollout": {"share_rollouts": True}}, ["rollout.share_rollouts", "loss.lambda_seq"]),
     ({"quantization": {"mode": "nf4", "skip_modules": ["model.multi_modal_projector", "lm_head"]}},
      ["quantization.skip_modules", "model.audio_tower"]),
-], ids=["batch-multiple", "grpo-group-1", "both-lambdas-0", "share-without-seq", "skip-audio-tower"])
+    ({"data": {"frames": "f.safetensors"}, "lora": {"audio_encoder": True}}, ["data.frames", "lora.audio_encoder"]),
+    ({"data": {"frames": "f.safetensors"}, "rollout": {"encode_audio_once": False}},
+     ["data.frames", "rollout.encode_audio_once"]),
+], ids=["batch-multiple", "grpo-group-1", "both-lambdas-0", "share-without-seq", "skip-audio-tower",
+        "frames-with-encoder-lora", "frames-without-encode-once"])
 def test_impossible_combinations(sections: dict, field_names: list[str]):
     problems = _problems(_base(**sections))
     assert len(problems) == 1, problems
@@ -274,6 +278,7 @@ def test_possible_neighbours_of_the_impossible_combinations_are_fine():
         {"loss": {"lambda_tok": 0.0, "lambda_seq": 1.0}},
         {"loss": {"lambda_seq": 1.0}, "rollout": {"share_rollouts": True}},
         {"quantization": {"mode": "none", "skip_modules": []}},
+        {"data": {"frames": "f.safetensors"}, "lora": {"audio_encoder": False}},
     ]
     for sections in ok:
         recipe_from_dict(_base(**sections), check_paths=False)
@@ -325,6 +330,14 @@ def test_hub_id_is_accepted_without_network(tmp_path: Path, monkeypatch):
 def test_missing_manifest_is_an_error_with_check_paths(tmp_path: Path):
     raw = _base(data={"train_manifest": str(tmp_path / "none" / "manifest.jsonl")})
     _one_with(_problems(raw, check_paths=True), "data.train_manifest", "does not exist")
+
+
+def test_missing_frame_store_is_an_error_with_check_paths(tmp_path: Path):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("")
+    raw = _base(data={"train_manifest": str(manifest), "frames": str(tmp_path / "frames" / "cord.safetensors")})
+    msg = _one_with(_problems(raw, check_paths=True), "data.frames", "does not exist")
+    assert "cordlite testbed build" in msg
 
 
 # --------------------------------------------------------------------------- CLI

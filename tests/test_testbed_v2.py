@@ -127,6 +127,44 @@ def test_toy_build_with_the_pretrained_encoder(toy_v2):
     assert sum(test["audio_by_hearing"].values()) == 8
     heard = [json.loads(line) for line in (out / "eval" / "base_test_heard.jsonl").read_text().splitlines()]
     assert len(heard) == 8 and {"heard", "problem", "numbers"} <= set(heard[0])
+    # The frozen encoder's frames are kept per split (train in float16, as the alignment uses them)
+    from safetensors import safe_open
+
+    for split, n, dtype in (("train", 16, torch.float16), ("val", 8, torch.float32), ("test", 8, torch.float32)):
+        with safe_open(str(out / "frames" / f"{split}.safetensors"), framework="pt") as f:
+            assert len(f.keys()) == n and f.get_tensor(next(iter(f.keys()))).dtype == dtype, split
+
+
+@needs_flite
+@needs_whisper
+def test_split_frames_are_made_once_and_again_when_the_clips_change(toy_v2, tmp_path):
+    """split_frames: a second call loads the store without the encoder; a changed manifest (other
+    clips) makes it again; the stored frames are the encoder's own on each clip."""
+    from cordlite.data import AudioCache, encode_views, read_manifest
+    from cordlite.models.audio_view import encode_audio
+    from cordlite.testbed.frames import split_frames, store_path
+    from cordlite.testbed.stages import load_checkpoint
+
+    out, _ = toy_v2
+    copy = tmp_path / "tb"
+    shutil.copytree(out / "data", copy / "data")
+    model, processor = load_checkpoint(out / "model")
+    calls = []
+    handle = model.model.audio_tower.conv1.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    made = split_frames(copy, "val", model, processor, progress=False)
+    assert sum(calls) == 8 and store_path(copy, "val").is_file()
+    again = split_frames(copy, "val", model, processor, progress=False)
+    assert sum(calls) == 8 and all(torch.equal(made.frames[k], again.frames[k]) for k in made.frames)
+    manifest = copy / "data" / "val.jsonl"
+    manifest.write_text("".join(manifest.read_text().splitlines(keepends=True)[:3]))  # other clips: 3 of 8
+    remade = split_frames(copy, "val", model, processor, progress=False)
+    handle.remove()
+    assert sum(calls) == 11 and len(remade.frames) == 3
+    ex = read_manifest(manifest)[:1]
+    audio = encode_views(processor, ex, AudioCache(), "").audio
+    with torch.no_grad():
+        hidden, lengths = encode_audio(model, audio["input_features"], audio["feature_attention_mask"])
+    assert torch.allclose(remade.frames[ex[0].id], hidden[0, : int(lengths[0])], atol=1e-5)
 
 
 @needs_flite
@@ -157,6 +195,9 @@ def test_suite_and_demo_on_the_pretrained_toy_build(toy_v2, tmp_path):
                       overrides=("optim.warmup_steps=1", "rollout.max_new_tokens=6"))
     torch.set_num_threads(threads)
     assert [m["name"] for m in summary["methods"]] == ["control", "cord"]
+    assert (out / "frames" / "cord.safetensors").is_file()  # made once for every LoRA run
+    config = (tmp_path / "abl" / "cord" / "seed_0" / "train" / "config.yaml").read_text()
+    assert "frames: " + str(out / "frames" / "cord.safetensors") in config
     for name in ("control", "cord"):
         result = json.loads((tmp_path / "abl" / name / "seed_0" / "result.json").read_text())
         assert [p["step"] for p in result["curve"]] == [1, 2] and result["curve"][-1]["n"] == 8

@@ -206,6 +206,23 @@ def test_sigterm_saves_a_checkpoint_and_resume_replays_the_same_steps(tiny_model
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-5), ra["step"]
 
 
+def test_references_are_generated_ahead_in_one_call(tiny_model_dir, tiny_manifest, tmp_path):
+    """The first step generates the text-view references of its whole block of steps in one call
+    (64 prompts: 32 steps of 2), so the next steps generate none; each is written once."""
+    from cordlite.train.trainer import REFERENCE_BATCH
+
+    raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
+    raw["train"].update(max_steps=3)
+    raw["optim"] = {"lr": 1e-2, "warmup_steps": 0}
+    train(recipe_from_dict(raw))
+    rows = _metrics(tmp_path / "run")
+    refs = [json.loads(line) for line in (tmp_path / "run" / "reference_answers.jsonl").read_text().splitlines()]
+    n_examples = len(read_manifest(tiny_manifest))
+    assert len(refs) == len({r["id"] for r in refs}) == min(REFERENCE_BATCH, n_examples)
+    assert rows[0]["references_s"] > 0
+    assert [r["references_s"] for r in rows[1:]] == [0.0, 0.0] and [r["reference_tokens"] for r in rows] == [0.0] * 3
+
+
 def test_training_refuses_audio_only_rows(tiny_model_dir, tiny_manifest, tmp_path):
     from cordlite.train.distributed import Dist
     from cordlite.train.trainer import TrainError, prepare_data

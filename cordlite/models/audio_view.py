@@ -13,6 +13,9 @@ same frames cut to each clip's length, the same placement at the audio placehold
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from cordlite.models.lora import base_of
@@ -25,21 +28,49 @@ def _parts(model):
 
 def encode_audio(model, input_features: torch.Tensor,
                  feature_attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Audio tower output [B, T, D] (T = the window's frames) and each clip's frame count [B],
-    exactly as Qwen2AudioModel.forward computes them (padding masked in the encoder)."""
+    """Audio tower output [B, T, D] and each clip's frame count [B]: on every clip's first
+    count frames, the numbers Qwen2AudioModel.forward computes (padding masked in the encoder).
+
+    T covers the longest clip of the batch, not the whole window: the Qwen2-Audio encoder runs on
+    the start of the window that holds audio (window_forward), since a frame past a clip's end
+    never reaches its valid frames (attention masks it; the convolutions see one frame beyond)."""
     from transformers.masking_utils import create_bidirectional_mask
 
     tower, _, _, _ = _parts(model)
     feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
     batch, _, mel = input_features.shape
-    frames = (mel - 2) // 2 + 1
+    frames = (mel - 2) // 2 + 1  # the whole window's frames after the stride-2 convolution
+    trim = type(tower).__name__ == "Qwen2AudioEncoder"
+    if trim:  # one frame past the longest clip: its last valid frame's convolution reads that far
+        frames = min(frames, int(feat_lengths.max()) + 1)
     valid = torch.arange(frames, device=feat_lengths.device)[None, :] < feat_lengths[:, None]  # [B, frames]
     mask = create_bidirectional_mask(config=tower.config,
                                      inputs_embeds=torch.zeros((batch, frames, 1), dtype=tower.conv1.weight.dtype,
                                                                device=input_features.device),
                                      attention_mask=valid.long())
-    hidden = tower(input_features, attention_mask=mask).last_hidden_state
-    return hidden, out_lengths
+    if not trim:
+        return tower(input_features, attention_mask=mask).last_hidden_state, out_lengths
+    return window_forward(tower, input_features[..., : 2 * frames], mask), out_lengths
+
+
+def window_forward(tower, input_features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Qwen2AudioEncoder.forward on the first F = mel/2 frames of the window ([B, mel bins, 2F] ->
+    [B, F/2, D]), step for step: its own modules in its own order (convolutions, position table,
+    layers with their dropout and layer drop, pooling, norm). The class itself accepts only the
+    whole window (2 x max_source_positions mel frames), whose encoder cost grows with the window,
+    not the clip: a 7 s question in a 30 s window pays for 30 s."""
+    import torch.nn.functional as F
+
+    x = input_features.to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
+    x = F.gelu(tower.conv2(F.gelu(tower.conv1(x))))  # [B, D, F]
+    x = x.permute(0, 2, 1) + tower.embed_positions.weight[: x.shape[-1]]  # [B, F, D]
+    x = F.dropout(x, p=tower.dropout, training=tower.training)
+    for layer in tower.layers:
+        if tower.training and tower.layerdrop > 0.0 and torch.rand([]) < tower.layerdrop:
+            continue
+        x = layer(x, mask)
+    x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)  # [B, F/2, D]
+    return tower.layer_norm(x)
 
 
 def project(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -81,28 +112,109 @@ def encoder_is_frozen(model) -> bool:
     return not any("lora_" in name or p.requires_grad for name, p in tower.named_parameters())
 
 
+class FrameStoreError(ValueError):
+    """A frame store that does not belong to this model's encoder or these clips, naming the file."""
+
+
+def encoder_digest(model) -> str:
+    """sha256 of the audio tower's weights (names, shapes, dtypes, bytes): the frames a store holds
+    are this encoder's only when the digests agree."""
+    import hashlib
+
+    tower, _, _, _ = _parts(model)
+    h = hashlib.sha256()
+    for name, t in sorted(tower.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 class FrameCache:
     """Encoder frames per clip id, computed once and reused by later prompts of the same clips:
     valid while the encoder is frozen (encoder_is_frozen), as for every evaluation of adapters
     that leave it alone. The projector and the merge run on every call, so adapters on the
-    projector or the language model are always applied."""
+    projector or the language model are always applied.
 
-    def __init__(self) -> None:
+    save()/load() keep the frames in a safetensors file (a frame store) with the encoder's digest
+    and a digest of the clips (the split's manifest), so runs that share a frozen encoder and a
+    split compute each clip's frames once between them (cordlite.testbed.frames)."""
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
         self.frames: dict[str, torch.Tensor] = {}
+        self.dtype = dtype  # kept in this dtype (float16 halves the memory), used in float32
 
-    def prompt(self, model, ids: list[str], audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`audio` (an audio-view prompt of the clips `ids`) as merged input embeddings."""
+    def frames_of(self, model, ids: list[str], audio: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden [B, T, D], lengths [B]) of the clips `ids`, as encode_audio returns them for the
+        audio-view prompt `audio` of the same clips; the encoder runs only on clips not seen yet."""
         missing = [i for i, k in enumerate(ids) if k not in self.frames]
         if missing:
             index = torch.tensor(missing)
             hidden, lengths = encode_audio(model, audio["input_features"].index_select(0, index),
                                            audio["feature_attention_mask"].index_select(0, index))
             for i, h, n in zip(missing, hidden, lengths.tolist()):
-                self.frames[ids[i]] = h[:n].detach().clone()
-        rows = [self.frames[k] for k in ids]
-        lengths = torch.tensor([len(r) for r in rows])
-        hidden = rows[0].new_zeros((len(rows), int(lengths.max()), rows[0].shape[1]))
-        for b, r in enumerate(rows):
-            hidden[b, : len(r)] = r
+                self.frames[ids[i]] = h[:n].detach().to(self.dtype or h.dtype).clone()
+        tower, _, _, _ = _parts(model)  # as encode_audio returns them: the encoder's dtype and device
+        hidden, lengths = stack_frames([self.frames[k] for k in ids], tower.conv1.weight.dtype)
+        return hidden.to(tower.conv1.weight.device), lengths.to(tower.conv1.weight.device)
+
+    def prompt(self, model, ids: list[str], audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`audio` (an audio-view prompt of the clips `ids`) as merged input embeddings."""
+        hidden, lengths = self.frames_of(model, ids, audio)
         embeds = merge_audio(model, audio["input_ids"], project(model, hidden), lengths)
         return {"inputs_embeds": embeds, "attention_mask": audio["attention_mask"], "input_ids": audio["input_ids"]}
+
+    def save(self, path, encoder: str, clips: str) -> None:
+        """Write every frame to `path` (atomically), with the encoder digest and the clips digest."""
+        from safetensors.torch import save_file
+
+        from cordlite.files import temp_path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
+        try:
+            save_file({k: v.contiguous() for k, v in self.frames.items()}, str(tmp),
+                      metadata={"format": "cordlite-frames-1", "encoder": encoder, "clips": clips})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path, encoder: str, clips: str | None = None, dtype: torch.dtype | None = None) -> "FrameCache":
+        """The frames of a store written by save(); refused when it was made by another encoder or
+        (with `clips`) from other clips."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != "cordlite-frames-1":
+                    raise FrameStoreError(f"{path}: not a cordlite frame store (format {meta.get('format')!r})")
+                if meta.get("encoder") != encoder:
+                    raise FrameStoreError(f"{path}: made by another audio encoder (digest {meta.get('encoder', '?')[:12]}, "
+                                          f"this model's {encoder[:12]}); delete it to compute the frames again")
+                if clips is not None and meta.get("clips") != clips:
+                    raise FrameStoreError(f"{path}: made from other clips (the manifest changed); delete it to "
+                                          "compute the frames again")
+                cache = cls(dtype)
+                cache.frames = {k: f.get_tensor(k) for k in f.keys()}
+                if dtype is not None:
+                    cache.frames = {k: v.to(dtype) for k, v in cache.frames.items()}
+        except FrameStoreError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a cut or foreign file: one message naming it
+            raise FrameStoreError(f"{path}: unreadable frame store ({type(e).__name__}: {e}); delete it to compute "
+                                  "the frames again") from None
+        return cache
+
+
+def stack_frames(rows: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-clip frames [n_i, D] -> (hidden [B, max n_i, D] in `dtype`, zero after each clip, lengths [B])."""
+    lengths = torch.tensor([len(r) for r in rows])
+    hidden = torch.zeros((len(rows), int(lengths.max()), rows[0].shape[1]), dtype=dtype, device=rows[0].device)
+    for b, r in enumerate(rows):
+        hidden[b, : len(r)] = r
+    return hidden, lengths

@@ -6,6 +6,7 @@ the end token itself is trained on (the model must learn to stop).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -40,13 +41,25 @@ def pad_right(seqs: list[torch.Tensor], pad_id: int) -> torch.Tensor:
     return torch.cat(out, dim=0)
 
 
+class _RowTemperature:
+    """A logits processor dividing row r's scores by temperatures[r]: rows of one generate call
+    sampled at different temperatures (generate runs it before top-k / top-p, as its own
+    temperature warper)."""
+
+    def __init__(self, temperatures: torch.Tensor):  # [n]
+        self.temperatures = temperatures[:, None]  # [n, 1]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperatures.to(scores.device, scores.dtype)
+
+
 @torch.no_grad()
 def sample(
     model,
     prompt: dict[str, torch.Tensor],  # batch-first prompt inputs, left-padded, B rows
     num_per_prompt: int,
     *,
-    temperature: float,
+    temperature: float | Sequence[float],
     max_new_tokens: int,
     end_ids: list[int],
     pad_id: int,
@@ -54,12 +67,20 @@ def sample(
     top_p: float = 1.0,
     greedy: bool = False,
 ) -> Rollouts:
-    """num_per_prompt completions per prompt, grouped contiguously: rows [b*G, (b+1)*G) answer prompt b."""
-    from transformers import GenerationConfig
+    """num_per_prompt completions per prompt, grouped contiguously: rows [b*G, (b+1)*G) answer prompt b.
+    `temperature`: one for every row, or one per position j in each prompt's group (row b*G + j
+    at temperature[j]): several temperatures in one generate call, one prefill and one decode loop."""
+    from transformers import GenerationConfig, LogitsProcessorList
 
     batch = prompt["input_ids"].shape[0]
     source = torch.arange(batch, device=prompt["input_ids"].device).repeat_interleave(num_per_prompt)
     inputs = repeat_rows(prompt, source)
+    processors = LogitsProcessorList()
+    if not isinstance(temperature, (int, float)):
+        if len(temperature) != num_per_prompt:
+            raise ValueError(f"{len(temperature)} temperatures for groups of {num_per_prompt} rows")
+        processors.append(_RowTemperature(torch.tensor(list(temperature), dtype=torch.float32).repeat(batch)))
+        temperature = 1.0  # generate's own warper stays out
     gen = GenerationConfig(
         do_sample=not greedy,
         temperature=temperature if not greedy else None,
@@ -81,7 +102,7 @@ def sample(
     base.generation_config = GenerationConfig(eos_token_id=list(end_ids), pad_token_id=pad_id,
                                               cache_implementation=saved.cache_implementation)
     try:
-        out = model.generate(**inputs, generation_config=gen)
+        out = model.generate(**inputs, generation_config=gen, logits_processor=processors if not greedy else None)
     finally:
         base.generation_config = saved
     completion = out[:, inputs["input_ids"].shape[1]:]  # [n, L]

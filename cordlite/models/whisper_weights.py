@@ -22,7 +22,6 @@ encoder is then fed exactly 2N mel frames).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import struct
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from cordlite.files import sha256_file
 
 CT2_VERSION = 6
 # CTranslate2's DataType ids, in the order of its C++ enum.
@@ -238,14 +239,6 @@ PACKAGED: dict[str, Packaged] = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def package_file(package: str, inner: str, pip: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -275,7 +268,7 @@ def packaged_model_bin(name: str, cache_dir: str | Path) -> Path:
                 for f in files:
                     out.write(f.read_bytes())
             os.replace(tmp, path)
-    if path.stat().st_size != p.size or _sha256(path) != p.sha256:
+    if path.stat().st_size != p.size or sha256_file(path) != p.sha256:
         raise WeightsError(f"{path}: size or sha256 differs from the pinned {name} weights ({p.size} bytes, "
                            f"sha256 {p.sha256[:12]}...); reinstall {p.pip}")
     return path

@@ -9,6 +9,7 @@ the student's memory bounded the same way.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -42,6 +43,47 @@ def completion_hidden(
     hidden = base.model(**kwargs).last_hidden_state  # [n, P+L, H]
     p, length = prompt["attention_mask"].shape[1], completion_ids.shape[1]
     return hidden[:, p - 1 : p - 1 + length]
+
+
+def shared_prompt_hidden(
+    model,
+    prompt: dict[str, torch.Tensor],  # inputs_embeds [B, P, H] (or input_ids [B, P]), attention_mask [B, P]; left-padded
+    source: torch.Tensor,  # [n] the prompt row each completion row continues
+    completion_ids: torch.Tensor,  # [n, L]
+    completion_mask: torch.Tensor,  # [n, L]
+) -> torch.Tensor:  # [n, L, H], as completion_hidden on the prompt rows repeated by `source`
+    """completion_hidden for rows that share prompts (a step's rollouts: 1 + N rows per prompt):
+    the language model runs each prompt once, and the rows continue from its keys and values
+    (gathered by `source`, so their gradients add up on the shared prompt), not from n copies of it.
+    The audio prompt is most of a row's tokens, so the gradient pass costs about B prompts plus n
+    completions instead of n of both. Mathematically the same causal attention; the needs: merged
+    embeddings or token ids (no audio features), and no gradient checkpointing (it drops caches)."""
+    base = base_of(model)
+    lm = base.model.language_model
+    p_mask = prompt["attention_mask"]  # [B, P]
+    embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.model.get_input_embeddings()(
+        prompt["input_ids"])  # [B, P, H]
+    p_pos = (p_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, P], as generate() counts them
+    out = lm(inputs_embeds=embeds, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache.batch_select_indices(source)  # [n, heads, P, d] per layer: differentiable gathers
+    mask = torch.cat([p_mask.index_select(0, source), completion_mask.to(p_mask.dtype)], dim=1)  # [n, P+L]
+    pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, p_mask.shape[1]:]  # [n, L]
+    completion = base.model.get_input_embeddings()(completion_ids).to(embeds.dtype)  # [n, L, H]
+    kwargs = {_cache_kwarg(type(lm)): cache}
+    hidden = lm(inputs_embeds=completion, attention_mask=mask, position_ids=pos, use_cache=True,
+                **kwargs).last_hidden_state  # [n, L, H]
+    first = out.last_hidden_state[:, -1].index_select(0, source)  # [n, H]: predicts completion token 0
+    return torch.cat([first.unsqueeze(1), hidden[:, :-1]], dim=1)
+
+
+@functools.cache
+def _cache_kwarg(lm_class: type) -> str:
+    """transformers renamed the forward's `past_key_values` to `cache` (5.24 accepts both, with a
+    deprecation warning for the old name); use the name this version declares."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(lm_class.forward).parameters else "past_key_values"
 
 
 def _lm_head(model) -> torch.nn.Linear:

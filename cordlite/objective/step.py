@@ -31,13 +31,13 @@ from cordlite.config import Recipe
 from cordlite.data import Example, ViewBatch
 from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.rewards import Judge, JudgeItem, rule_rewards
-from cordlite.models.audio_view import encode_audio, encoder_is_frozen, prompt_embeds
+from cordlite.models.audio_view import FrameCache, encode_audio, encoder_is_frozen, prompt_embeds
 from cordlite.models.lora import adapters_off, base_of
 from cordlite.models.runtime import Runtime
 from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
 from cordlite.models.tokens import audio_special_token_ids, end_token_ids
 from cordlite.objective.advantages import group_advantages
-from cordlite.objective.logprobs import completion_hidden, full_logprobs, student_token_terms
+from cordlite.objective.logprobs import completion_hidden, full_logprobs, shared_prompt_hidden, student_token_terms
 from cordlite.objective.losses import policy_gradient_loss, sft_loss, weighted_token_loss
 from cordlite.objective.weights import cord_token_weights
 
@@ -68,10 +68,15 @@ class ReferenceStore:
         if path is not None:  # a line cut short by a kill is skipped (read_jsonl): that answer is made again
             self.answers.update((r["id"], r["reference"]) for r in read_jsonl(path) if "id" in r and "reference" in r)
 
-    def add(self, example_id: str, text: str) -> None:
-        self.answers[example_id] = text
+    def add(self, pairs: list[tuple[str, str]]) -> None:
+        """Record (example id, answer) pairs (one append to the file)."""
+        self.answers.update(pairs)
         if self.path is not None and self.write:
-            append_jsonl(self.path, [{"id": example_id, "reference": text}])
+            append_jsonl(self.path, [{"id": i, "reference": text} for i, text in pairs])
+
+    def missing(self, examples: list[Example]) -> list[Example]:
+        """The examples (each once) without an answer yet."""
+        return [ex for ex in {ex.id: ex for ex in examples}.values() if ex.id not in self.answers]
 
 
 @dataclass
@@ -114,6 +119,10 @@ def _decode(tokenizer, r: Rollouts) -> list[str]:
     return tokenizer.batch_decode(r.completion_ids, skip_special_tokens=True)
 
 
+def _rows(r: Rollouts, index: torch.Tensor) -> Rollouts:
+    return Rollouts(r.completion_ids[index], r.completion_mask[index], r.finished[index], r.source[index])
+
+
 @torch.no_grad()
 def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
                       store: ReferenceStore) -> tuple[list[str], int]:
@@ -122,45 +131,63 @@ def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Ru
     generated = 0
     if missing:
         idx = torch.tensor(missing, device=rt.device)
-        with _teacher(model, recipe), _autocast(rt):
-            r = sample(model, repeat_rows(views.text, idx), 1, temperature=1.0,
-                       max_new_tokens=recipe.rollout.max_new_tokens, end_ids=tokens.end_ids,
-                       pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids,
-                       greedy=recipe.rollout.reference_decoding == "greedy")
-        generated = int(r.completion_mask.sum())
-        for i, text in zip(missing, _decode(tokenizer, r)):
-            store.add(views.examples[i].id, text)
+        generated = generate_references(model, tokenizer, repeat_rows(views.text, idx),
+                                        [views.examples[i] for i in missing], recipe, rt, tokens, store)
     return [store.answers[ex.id] for ex in views.examples], generated
 
 
 @torch.no_grad()
+def generate_references(model, tokenizer, text: dict[str, torch.Tensor], examples: list[Example], recipe: Recipe,
+                        rt: Runtime, tokens: Tokens, store: ReferenceStore) -> int:
+    """The teacher's text-view answers to `examples` (their text views `text`) into the store; the
+    number of tokens generated. The trainer calls it ahead for the examples of the coming steps:
+    one generate call for many rows costs about what one for a step's few rows does."""
+    with _teacher(model, recipe), _autocast(rt):
+        r = sample(model, text, 1, temperature=1.0, max_new_tokens=recipe.rollout.max_new_tokens,
+                   end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids,
+                   greedy=recipe.rollout.reference_decoding == "greedy")
+    store.add([(ex.id, answer) for ex, answer in zip(examples, _decode(tokenizer, r))])
+    return int(r.completion_mask.sum())
+
+
+@torch.no_grad()
 def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
-            store: ReferenceStore, judge: Judge | None = None) -> Collected:
+            store: ReferenceStore, judge: Judge | None = None, frames: FrameCache | None = None) -> Collected:
     """`judge` (cordlite.judge.rewards.judge_for_recipe, built once per run) decides rewards; without one,
-    only judge.mode: rules is possible."""
+    only judge.mode: rules is possible. `frames` (data.frames: a frozen encoder's frames per clip id)
+    replaces the encoder for the clips it holds."""
     model.eval()
     ro, lo = recipe.rollout, recipe.loss
     timings: dict[str, float] = {}
     t0 = _clock(rt)
     use_tok, use_seq = lo.lambda_tok > 0, lo.lambda_seq > 0
     parts: list[Rollouts] = []
-    frames = None
     common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
                   blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
-    off_policy = lo.objective != "cord"
-    if off_policy:
+    encoded = None
+    if ro.encode_audio_once and encoder_is_frozen(model):
+        # Nothing trains in the encoder: its output now is its output in the gradient pass too.
+        with _autocast(rt):
+            encoded = (frames.frames_of(model, [ex.id for ex in views.examples], views.audio) if frames is not None
+                       else encode_audio(model, views.audio["input_features"], views.audio["feature_attention_mask"]))
+    if lo.objective != "cord":
         # The paper's baselines: the teacher's own text-view answers, as many as cord samples.
         with _teacher(model, recipe), _autocast(rt):
             parts.append(sample(model, views.text, ro.group_size + 1, temperature=ro.distill_temperature, **common))
     else:
         with _autocast(rt):
-            if ro.encode_audio_once and encoder_is_frozen(model):
-                # Nothing trains in the encoder: its output now is its output in the gradient pass too.
-                frames = encode_audio(model, views.audio["input_features"], views.audio["feature_attention_mask"])
-            audio = prompt_embeds(model, views.audio, frames) if ro.encode_audio_once else views.audio
-            if use_tok and not ro.share_rollouts:
+            audio = prompt_embeds(model, views.audio, encoded) if ro.encode_audio_once else views.audio
+            if use_tok and not ro.share_rollouts and use_seq:
+                # The distillation rollout and the group in one generate call (one temperature per
+                # row), then ordered as the two calls would give them: B distillation rows first.
+                both = sample(model, audio, 1 + ro.group_size, **common,
+                              temperature=[ro.distill_temperature] + [ro.group_temperature] * ro.group_size)
+                first = torch.arange(0, both.source.shape[0], 1 + ro.group_size, device=both.source.device)  # [B]
+                rest = torch.ones_like(both.source, dtype=torch.bool).index_fill(0, first, False)  # [B*(1+G)]
+                parts += [_rows(both, first), _rows(both, rest.nonzero().squeeze(1))]
+            elif use_tok and not ro.share_rollouts:
                 parts.append(sample(model, audio, 1, temperature=ro.distill_temperature, **common))
-            if use_seq:
+            elif use_seq:
                 parts.append(sample(model, audio, ro.group_size, temperature=ro.group_temperature, **common))
     timings["rollout_s"] = _clock(rt) - t0
 
@@ -214,7 +241,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     lengths = mask.sum(dim=1).float()
     stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
                  truncated_frac=1.0 - finished.float().mean().item(), **timings)
-    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats, frames)
+    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats, encoded)
 
 
 def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
@@ -231,8 +258,12 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
         audio = c.views.audio
         if recipe.rollout.encode_audio_once:
             audio = prompt_embeds(model, audio, c.audio_frames)
-        prompt = repeat_rows(audio, c.source)
-        hidden = completion_hidden(model, prompt, c.completion_ids, c.completion_mask)  # [n, L, H]
+        if recipe.rollout.encode_audio_once and not rt.gradient_checkpointing:
+            # Each prompt runs once; its rows continue from its keys and values.
+            hidden = shared_prompt_hidden(model, audio, c.source, c.completion_ids, c.completion_mask)  # [n, L, H]
+        else:
+            hidden = completion_hidden(model, repeat_rows(audio, c.source), c.completion_ids,
+                                       c.completion_mask)  # [n, L, H]
     loss = hidden.new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
     token_lp_d = None

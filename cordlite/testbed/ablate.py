@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cordlite.files import write_text_atomic
 from cordlite.models.audio_view import FrameCache
+from cordlite.testbed.frames import pretrained_build, split_frames, store_path
 from cordlite.testbed.suite import Method, Suite, SuiteError
 from cordlite.testbed.summary import base_scores, summarize, write_outputs
 
@@ -45,17 +46,20 @@ def _base_raw(suite: Suite) -> dict:
     return yaml.safe_load(Path(suite.base_recipe).read_text(encoding="utf-8")) or {}
 
 
-def lora_recipe(suite: Suite, method: Method, seed: int, run_dir: Path):
+def lora_recipe(suite: Suite, method: Method, seed: int, run_dir: Path, check_paths: bool = True):
     """The recipe of one LoRA run: base recipe + the method's overrides + the suite's budget."""
     from cordlite.recipe import recipe_from_dict
 
     raw = _merge(_base_raw(suite), method.recipe)
+    data = {"train_manifest": str(Path(suite.testbed) / "data" / "cord.jsonl")}
+    if pretrained_build(suite.testbed):  # the frozen encoder's frames of the cord clips, made once per suite
+        data["frames"] = str(store_path(suite.testbed, "cord"))
     raw = _merge(raw, {"model": {"name_or_path": str(Path(suite.testbed) / "model")},
-                       "data": {"train_manifest": str(Path(suite.testbed) / "data" / "cord.jsonl")},
+                       "data": data,
                        "train": {"max_steps": suite.steps, "seed": seed},
                        "output": {"dir": str(run_dir), "save_every": suite.eval_every, "progress": False,
                                   "keep_last": len(suite.eval_steps()) + 1}})
-    return recipe_from_dict(raw, source=f"{suite.path} methods[{method.name}]")
+    return recipe_from_dict(raw, source=f"{suite.path} methods[{method.name}]", check_paths=check_paths)
 
 
 def _testbed_fingerprint(testbed: str) -> str:
@@ -102,6 +106,7 @@ def _log(msg: str) -> None:
 
 def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, instruction: str) -> list[dict]:
     from cordlite.testbed.evaluate import load_for_eval
+    from cordlite.testbed.frames import eval_frames
     from cordlite.train.trainer import train
 
     recipe = lora_recipe(suite, method, seed, run_dir / "train")
@@ -109,7 +114,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
     if not done.is_file():
         train(recipe, resume=(run_dir / "train" / "checkpoints").is_dir())
     curve = []
-    frames = FrameCache()  # a frozen encoder's test-clip frames, computed at the first evaluation only
+    frames = None  # a frozen encoder's test-clip frames: the split's store, loaded at the first evaluation
     for step in suite.eval_steps():
         cached = run_dir / "eval" / f"step_{step:06d}.json"
         if cached.is_file():
@@ -119,6 +124,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
         if step == suite.steps:
             adapter = run_dir / "train" / "adapter"
         model, processor = load_for_eval(Path(suite.testbed) / "model", adapter)
+        frames = frames or eval_frames(suite.testbed, "test", model, processor, progress=False)
         final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
         point = {"step": step, **_score(model, processor, test, instruction, final, frames)}
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +147,8 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
     targets = suite.eval_steps()
     curve: list[dict] = []
     frames = FrameCache()  # used only while the encoder is frozen (the pretrained build's control)
+    if pretrained_build(suite.testbed):
+        frames = split_frames(suite.testbed, "test", model, processor, progress=False)
     calls = [0]
 
     def evaluate() -> float:
@@ -164,10 +172,11 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
 
         mix = AlignMix(**{f.name: build_config["mix"][f.name] for f in fields(AlignMix)})
         per_step = mix.asr + mix.audio_chain
-        # The frozen encoder's frames of the clips the run will see (each once), computed up front.
+        # The frozen encoder's frames of the clips the run will see, from the train split's store.
         order = [i for step in range(suite.steps) for i in batch_indices(len(train_rows), per_step, step, seed)]
         used = [train_rows[i] for i in dict.fromkeys(order)][: suite.steps * per_step]
-        clips = EncodedClips.of(model, processor, used, {"asr": ASR_INSTRUCTION, "chain": instruction}, progress=False)
+        clips = EncodedClips.of(model, processor, used, {"asr": ASR_INSTRUCTION, "chain": instruction}, progress=False,
+                                store=split_frames(suite.testbed, "train", model, processor, progress=False))
         cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
                         warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed)
         align_listen(model, processor, clips, None, train_rows, instruction, cfg, mix, progress=False,
@@ -245,11 +254,26 @@ def check_methods(suite: Suite) -> None:
     for m in suite.methods:
         if m.kind == "lora":
             try:
-                lora_recipe(suite, m, suite.seeds[0], Path(suite.out) / m.name)
+                # Before the frame stores exist: the build itself is checked by base_scores.
+                lora_recipe(suite, m, suite.seeds[0], Path(suite.out) / m.name, check_paths=False)
             except ConfigError as e:
                 problems.append(f"methods[{m.name}]: {e}")
     if problems:
         raise SuiteError("\n".join(problems))
+
+
+def prepare_frames(suite: Suite) -> None:
+    """On a pretrained build, the frame stores every run reads (test; cord for the LoRA methods;
+    train for the control), made here once with all cores instead of in every run."""
+    if not pretrained_build(suite.testbed):
+        return
+    from cordlite.testbed.stages import load_checkpoint
+
+    kinds = {m.kind for m in suite.methods}
+    splits = ["test"] + (["cord"] if "lora" in kinds else []) + (["train"] if "align" in kinds else [])
+    model, processor = load_checkpoint(Path(suite.testbed) / "model")
+    for split in splits:
+        split_frames(suite.testbed, split, model, processor)
 
 
 def run_suite(suite: Suite) -> dict:
@@ -259,6 +283,7 @@ def run_suite(suite: Suite) -> dict:
 
     base = base_scores(suite.testbed)
     check_methods(suite)
+    prepare_frames(suite)
     tasks = [(suite, m, s) for s in suite.seeds for m in suite.methods]
     threads = max(1, (os.cpu_count() or 1) // suite.jobs)
     t0 = time.perf_counter()

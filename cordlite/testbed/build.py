@@ -372,16 +372,21 @@ class Builder:
 
     def _listen(self, work: Path, splits) -> dict:
         from cordlite.data import read_manifest
+        from cordlite.testbed.frames import split_frames
         from cordlite.testbed.listen import EncodedClips, align_listen
         from cordlite.testbed.stages import load_checkpoint, save_checkpoint
 
         model, processor = load_checkpoint(self.out / "text_model")
         names = {"asr": ASR_INSTRUCTION, "chain": self.cfg.instruction}
         t0 = time.perf_counter()
+        # The frozen encoder's frames: from the splits' frame stores (made now if missing, kept for
+        # the ablation control and later builds of the same data; cordlite.testbed.frames).
         train = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "train.jsonl"), names,
-                                progress=self.progress, label="align")
+                                progress=self.progress, label="align",
+                                store=split_frames(self.out, "train", model, processor, self.progress))
         val = EncodedClips.of(model, processor, read_manifest(self.out / "data" / "val.jsonl"),
-                              {"chain": names["chain"]}, progress=self.progress, label="align")
+                              {"chain": names["chain"]}, progress=self.progress, label="align",
+                              store=split_frames(self.out, "val", model, processor, self.progress))
         encode_seconds = time.perf_counter() - t0
         result = align_listen(model, processor, train, val, splits["train"], self.cfg.instruction, self.cfg.align,
                               self.cfg.mix, progress=self.progress)
@@ -398,14 +403,18 @@ class Builder:
         from cordlite.models.audio_view import FrameCache
         from cordlite.testbed.errors import hearing_split
         from cordlite.testbed.evaluate import evaluate_examples, hearing_probe, load_for_eval, write_eval
+        from cordlite.testbed.frames import split_frames
 
         model, processor = load_for_eval(self.out / "model")
-        frames = FrameCache()  # the chain evaluation and the hearing probe share the encoder's frames
         out = {}
         # The pretrained build is judged on test alone (its alignment runs a fixed budget; val only
         # tracks it): the hearing probe doubles the cost of each split.
         for split in ("test",) if self.cfg.pretrained else ("val", "test"):
             examples = read_manifest(self.out / "data" / f"{split}.jsonl")
+            # The chain evaluation and the hearing probe share the encoder's frames; a pretrained
+            # encoder's are kept in the split's frame store for every later evaluation.
+            frames = split_frames(self.out, split, model, processor, self.progress) if self.cfg.pretrained \
+                else FrameCache()
             rows, summary = evaluate_examples(model, processor, examples, self.cfg.instruction,
                                               self.cfg.eval_batch_size, self.cfg.eval_max_new_tokens,
                                               self.progress, label=f"eval {split}", frames=frames)

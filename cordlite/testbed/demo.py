@@ -36,6 +36,7 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     from cordlite.recipe import recipe_from_dict
     from cordlite.testbed.build import TestbedConfig, build
     from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
+    from cordlite.testbed.frames import eval_frames
     from cordlite.testbed.summary import base_scores
     from cordlite.train.trainer import train
 
@@ -61,7 +62,9 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
     instruction = testbed_instruction(testbed_dir)
     test = read_manifest(Path(testbed_dir) / "data" / "test.jsonl")
     model, processor = load_for_eval(Path(testbed_dir) / "model", run / "adapter")
-    rows, after = evaluate_examples(model, processor, test, instruction, progress=True, label="eval test")
+    frames = eval_frames(testbed_dir, "test", model, processor)  # the build's test frames, on a pretrained build
+    rows, after = evaluate_examples(model, processor, test, instruction, progress=True, label="eval test",
+                                    frames=frames)
     write_eval(run / "eval_test.json", rows, after, {"adapter": str(run / "adapter"), "split": "test"})
     t_eval = time.perf_counter() - t2
     before = base_scores(testbed_dir)

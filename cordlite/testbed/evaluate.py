@@ -140,6 +140,7 @@ def load_for_eval(model_dir: str | Path, adapter: str | Path | None = None):
     from cordlite.testbed.stages import load_checkpoint
 
     model, processor = load_checkpoint(model_dir)
+    model.requires_grad_(False)  # nothing trains here: a frozen encoder's frames can be reused (FrameCache)
     if adapter is not None:
         from peft import PeftModel
 
@@ -174,6 +175,7 @@ def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "
     import yaml
 
     from cordlite.data import read_manifest
+    from cordlite.testbed.frames import eval_frames
 
     root = Path(testbed_dir)
     instruction = testbed_instruction(root)
@@ -187,8 +189,9 @@ def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "
     manifest = root / "data" / f"{split}.jsonl"
     examples = read_manifest(manifest)
     model, processor = load_for_eval(root / "model", adapter)
+    frames = eval_frames(root, split, model, processor, progress)
     rows, summary = evaluate_examples(model, processor, examples, instruction, batch_size, max_new_tokens,
-                                      progress, label=f"eval {split}")
+                                      progress, label=f"eval {split}", frames=frames)
     name = "base" if adapter is None else Path(adapter).resolve().parent.name
     path = Path(out) if out else root / "eval" / f"{name}_{split}.json"
     write_eval(path, rows, summary, {"model": str(root / "model"), "adapter": adapter, "split": split,

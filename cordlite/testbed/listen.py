@@ -29,8 +29,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cordlite.data import AudioCache, Example, batch_indices, encode_views
-from cordlite.models.audio_view import encode_audio, merge_audio, project
+from cordlite.data import Example, batch_indices
+from cordlite.models.audio_view import FrameCache, merge_audio, project, stack_frames
+from cordlite.testbed.frames import fill_frames
 from cordlite.testbed.fit import FitConfig, FitResult, answer_loss, completion_tensors, fit
 from cordlite.testbed.stages import EVAL_BATCH, end_and_pad, text_prompts
 from cordlite.testbed.task import Problem
@@ -71,24 +72,15 @@ class EncodedClips:
     @classmethod
     @torch.no_grad()
     def of(cls, model, processor, examples: list[Example], instructions: dict[str, str], batch_size: int = 16,
-           progress: bool = True, label: str = "encode") -> "EncodedClips":
-        frames: list[torch.Tensor] = []
-        ids: dict[str, list[torch.Tensor]] = {name: [] for name in instructions}
-        cache, t0 = AudioCache(), time.perf_counter()
-        (first, instruction), *others = instructions.items()
-        for s in range(0, len(examples), batch_size):
-            chunk = examples[s : s + batch_size]
-            audio = encode_views(processor, chunk, cache, instruction).audio
-            ids[first] += [row[m.bool()] for row, m in zip(audio["input_ids"], audio["attention_mask"])]
-            hidden, lengths = encode_audio(model, audio["input_features"], audio["feature_attention_mask"])
-            frames += [h[:n].half() for h, n in zip(hidden, lengths.tolist())]
-            for name, other in others:  # the same clips: only the text changes, no second mel pass
-                ids[name] += [prompt_ids(processor, ex, other, n) for ex, n in zip(chunk, lengths.tolist())]
-            done = min(s + batch_size, len(examples))
-            if progress and (done % 500 < batch_size or done == len(examples)):
-                print(f"  [{label}] encoder frames of {done}/{len(examples)} clips, {time.perf_counter() - t0:.0f} s",
-                      file=sys.stderr, flush=True)
-        cache._cache.clear()
+           progress: bool = True, label: str = "encode", store: FrameCache | None = None) -> "EncodedClips":
+        """The encoder runs on the clips `store` (a FrameCache: a split's frame store) does not hold
+        (cordlite.testbed.frames.fill_frames); their frames are added to it."""
+        store = store if store is not None else FrameCache(torch.float16)
+        fill_frames(store, model, processor, examples, batch_size, progress, label)
+        frames = [store.frames[ex.id].half() for ex in examples]
+        # The prompt ids need only each clip's frame count: no mel features.
+        ids = {name: [prompt_ids(processor, ex, text, len(f)) for ex, f in zip(examples, frames)]
+               for name, text in instructions.items()}
         return cls(examples, frames, ids, processor.tokenizer.pad_token_id)
 
     def __len__(self) -> int:
@@ -104,11 +96,7 @@ class EncodedClips:
         for b, r in enumerate(rows):
             input_ids[b, width - len(r):] = r
             attention[b, width - len(r):] = 1
-        frames = [self.frames[i] for i in indices]
-        lengths = torch.tensor([len(f) for f in frames])
-        hidden = torch.zeros((len(frames), int(lengths.max()), frames[0].shape[1]))
-        for b, f in enumerate(frames):
-            hidden[b, : len(f)] = f.float()
+        hidden, lengths = stack_frames([self.frames[i] for i in indices])
         embeds = merge_audio(model, input_ids, project(model, hidden), lengths)
         return {"inputs_embeds": embeds, "attention_mask": attention, "input_ids": input_ids}
 

@@ -26,14 +26,16 @@ from pathlib import Path
 import torch
 
 from cordlite.config import Recipe
-from cordlite.data import AudioCache, Example, batch_indices, encode_views, has_text_view, read_manifest
-from cordlite.files import write_text_atomic
+from cordlite.data import AudioCache, Example, batch_indices, encode_views, has_text_view, read_manifest, text_views
+from cordlite.files import sha256_file, write_text_atomic
 from cordlite.judge.rewards import judge_for_recipe
 from cordlite.models.adapter import save_adapter
+from cordlite.models.audio_view import FrameCache, FrameStoreError, encoder_digest, encoder_is_frozen
 from cordlite.models.load import load_base
 from cordlite.models.lora import attach_lora, trainable_parameters
 from cordlite.models.runtime import resolve_runtime
-from cordlite.objective.step import ReferenceStore, Tokens, batch_examples, collect, compute_loss
+from cordlite.objective.step import (ReferenceStore, Tokens, batch_examples, collect, compute_loss,
+                                     generate_references)
 from cordlite.recipe import dump_recipe, recipe_to_dict
 from cordlite.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cordlite.train.distributed import Dist, init_distributed
@@ -153,6 +155,49 @@ def _check_batch(recipe: Recipe, dist: Dist) -> int:
     return t.batch_size // dist.world
 
 
+def _frame_store(recipe: Recipe, model) -> FrameCache | None:
+    """data.frames, checked against this model's encoder and the train manifest (None when unset)."""
+    if recipe.data.frames is None:
+        return None
+    if not encoder_is_frozen(model):
+        raise TrainError(f"data.frames: {recipe.data.frames} holds a frozen encoder's frames, but this run trains "
+                         "the audio encoder; remove data.frames")
+    try:
+        return FrameCache.load(recipe.data.frames, encoder_digest(model), sha256_file(recipe.data.train_manifest))
+    except FrameStoreError as e:
+        raise TrainError(f"data.frames: {e}") from None
+
+
+REFERENCE_BATCH = 64  # text-view references generated together, for the coming steps' prompts
+
+
+def _prefetch_references(model, processor, examples: list[Example], recipe: Recipe, rt, tokens: Tokens,
+                         store: ReferenceStore, step: int, per_rank: int, rank: int) -> float:
+    """When a prompt of this step has no text-view reference yet, generate those of every prompt of
+    its block of steps in one call (blocks of REFERENCE_BATCH // per_rank steps from step 0: the
+    data order is known in advance, and fixed blocks make a resumed run generate what an unbroken
+    one did). Only for the frozen-base teacher, whose references never change. Seconds taken."""
+    t = recipe.train
+    if recipe.loss.lambda_seq <= 0 or recipe.loss.teacher != "base":
+        return 0.0
+
+    def mine(s: int) -> list[Example]:
+        idx = batch_indices(len(examples), t.batch_size, s, t.seed, recipe.data.shuffle)
+        return [examples[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
+
+    if not store.missing(mine(step)):
+        return 0.0
+    t0 = time.perf_counter()
+    block = max(1, REFERENCE_BATCH // per_rank)
+    first = step // block * block
+    # The whole block, past max_steps too: a resumed run with another max_steps generates the same.
+    ahead = store.missing([ex for s in range(first, first + block) for ex in mine(s)])
+    text = {k: v.to(rt.device) for k, v in text_views(processor, ahead, recipe.data.instruction,
+                                                      recipe.data.system_prompt).items()}
+    generate_references(model, processor.tokenizer, text, ahead, recipe, rt, tokens, store)
+    return time.perf_counter() - t0
+
+
 def train(recipe: Recipe, resume: bool = False) -> Path:
     """Run CORD as the recipe says; returns the run directory."""
     dist = init_distributed()
@@ -201,6 +246,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                            write=dist.main)
     judge = judge_for_recipe(recipe, model, tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
     audio_cache = AudioCache(recipe.data.max_audio_seconds)
+    frames = _frame_store(recipe, model)
     progress = None
     if recipe.output.progress and dist.main:
         from tqdm.auto import tqdm
@@ -221,13 +267,15 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                 mine = indices[dist.rank * per_rank : (dist.rank + 1) * per_rank]
                 optimizer.zero_grad(set_to_none=True)
                 parts = []
+                refs_s = _prefetch_references(model, processor, examples, recipe, rt, tokens, store, step, per_rank,
+                                              dist.rank)
                 for start in range(0, per_rank, t.micro_batch_size):
                     signals.check()
                     torch.manual_seed(step_seed(t.seed, step, (dist.rank * per_rank + start) // t.micro_batch_size))
                     chunk = batch_examples(examples, mine[start : start + t.micro_batch_size])
                     views = encode_views(processor, chunk, audio_cache, recipe.data.instruction,
                                          recipe.data.system_prompt).to(rt.device)
-                    collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge)
+                    collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge, frames)
                     loss, stats = compute_loss(model, collected, recipe, rt)
                     (loss * (len(chunk) / t.batch_size)).backward()  # each rank's share of the global mean
                     parts.append({**collected.stats, **stats})
@@ -240,6 +288,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                 optimizer.step()
                 scheduler.step()
                 row = merge_stats([p for rank_parts in dist.gather(parts) for p in rank_parts])
+                row["references_s"] = refs_s
                 done = step + 1
                 if dist.main:
                     row.update(step=done, lr=lr, grad_norm=grad_norm, optimizer_s=time.perf_counter() - t1,
