@@ -93,9 +93,10 @@ class DataConfig:
     """Seeded reshuffle every epoch; False walks the manifest in order."""
     frames: str | None = None
     """A frame store of the manifest's clips (safetensors, cordlite.models.audio_view.FrameCache;
-    `cordlite testbed build` writes one per split in OUT/frames/): the frozen audio encoder's
-    output per clip, used instead of running the encoder in every step. Needs lora.audio_encoder
-    false; a store made by another encoder or from another manifest is refused at start."""
+    on the testbed OUT/frames/<split>.safetensors, made by `cordlite testbed frames`): the frozen
+    audio encoder's output per clip, used instead of reading the audio and running the encoder in
+    every step. Needs lora.audio_encoder false; a store made by another encoder or from another
+    manifest is refused at start."""
 
 
 @dataclass(frozen=True)

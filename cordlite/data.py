@@ -167,8 +167,12 @@ def encode_views(
     audio_cache: AudioCache,
     instruction: str = "",
     system_prompt: str | None = None,
+    frame_counts: dict[str, int] | None = None,
 ) -> ViewBatch:
-    """Render both views with the chat template and run the processor (audio -> mel features)."""
+    """Render both views with the chat template and run the processor (audio -> mel features).
+    With `frame_counts` (clip id -> encoder frames, from a frame store) holding every example, the
+    audio view is its token ids alone (input_ids, attention_mask), for prompt_embeds with the
+    stored frames."""
     from cordlite.prompts import audio_view_messages
 
     audio_prompts = [
@@ -177,11 +181,26 @@ def encode_views(
                                       add_generation_prompt=True, tokenize=False)
         for ex in examples
     ]
+    text = text_views(processor, examples, instruction, system_prompt)
+    if frame_counts is not None and all(ex.id in frame_counts for ex in examples):
+        # The encoder's frames are known (a frame store): no audio read, no mel features; the
+        # placeholder is expanded to each clip's frame count as the processor expands it.
+        expanded = [expand_audio_placeholder(processor, p, frame_counts[ex.id]) for p, ex in zip(audio_prompts, examples)]
+        enc = processor.tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False)
+        return ViewBatch(examples, {k: enc[k] for k in ("input_ids", "attention_mask")}, text)
     clips = [audio_cache(ex) for ex in examples]
     audio = processor(text=audio_prompts, audio=clips, sampling_rate=16000, return_tensors="pt", padding=True)
     audio_keys = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
-    return ViewBatch(examples, {k: audio[k] for k in audio_keys}, text_views(processor, examples, instruction,
-                                                                             system_prompt))
+    return ViewBatch(examples, {k: audio[k] for k in audio_keys}, text)
+
+
+def expand_audio_placeholder(processor, prompt: str, n_audio: int) -> str:
+    """A rendered audio-view prompt with its one audio placeholder repeated n_audio times (the
+    clip's encoder frames), as the processor expands it after computing the mel features."""
+    token = processor.audio_token
+    if prompt.count(token) != 1:
+        raise ValueError(f"the chat template rendered {prompt.count(token)} audio placeholders ({token}); expected 1")
+    return prompt.replace(token, token * n_audio)
 
 
 def text_views(processor, examples: list[Example], instruction: str = "",

@@ -65,8 +65,8 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
         need(r.rollout.encode_audio_once, f"data.frames: {d.frames!r} needs rollout.encode_audio_once: true "
              "(the stored frames are merged as input embeddings)")
         if check_paths and not Path(d.frames).expanduser().is_file():
-            problems.append(f"data.frames: {d.frames!r} does not exist; build it with `cordlite testbed build` "
-                            "(OUT/frames/<split>.safetensors) or remove the field")
+            problems.append(f"data.frames: {d.frames!r} does not exist; make it with `cordlite testbed frames "
+                            "OUT_DIR --split SPLIT` (OUT_DIR/frames/SPLIT.safetensors) or remove the field")
     need(d.tiny_questions >= 2, f"data.tiny_questions: {d.tiny_questions} must be >= 2")
     need(0 < d.max_audio_seconds <= 30.0,
          f"data.max_audio_seconds: {d.max_audio_seconds} must be in (0, 30] (Qwen2-Audio's encoder window)")

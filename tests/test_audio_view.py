@@ -308,3 +308,48 @@ def test_one_generate_call_samples_rows_at_their_own_temperatures(setup):
     assert not torch.equal(mixed.completion_ids[[1, 2, 4, 5], :width], greedy.completion_ids.repeat_interleave(2, 0))
     with pytest.raises(ValueError, match="2 temperatures for groups of 3"):
         sample(model, views.text, 3, temperature=[1.0, 1.0], **common)
+
+
+def test_shared_prefill_samples_what_separate_prefills_sample(setup):
+    """sample(share_prefill=True) on merged embeddings: each prompt read once, its rows continue
+    from copies of its keys and values. Greedy rows are token for token those of G separate
+    prefills, and with one seed the sampled rows are too."""
+    from cordlite.models.sampling import sample
+
+    model, processor, views, _, _ = setup
+    tokens = Tokens.of(model, processor.tokenizer)
+    common = dict(max_new_tokens=6, end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids)
+    with torch.no_grad():
+        audio = prompt_embeds(model, views.audio)
+    out = {}
+    for shared in (False, True):
+        greedy = sample(model, audio, 2, temperature=1.0, greedy=True, share_prefill=shared, **common)
+        torch.manual_seed(5)
+        sampled = sample(model, audio, 3, temperature=[1.0, 1.5, 1.5], share_prefill=shared, **common)
+        out[shared] = (greedy, sampled)
+    assert torch.equal(out[False][0].completion_ids, out[True][0].completion_ids)
+    assert torch.equal(out[False][1].completion_ids, out[True][1].completion_ids)
+    assert out[True][1].source.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_views_from_frame_counts_are_the_processors(setup, tiny_manifest):
+    """encode_views(frame_counts=...) builds the audio view's ids without reading audio or computing
+    mel features: the same input_ids and attention_mask as the processor's, and no features."""
+    from cordlite.models.audio_view import FrameCache
+
+    model, processor, _, _, _ = setup
+    examples = read_manifest(tiny_manifest)[:3]
+    full = encode_views(processor, examples, AudioCache(), "Answer the question.")
+    store = FrameCache()
+    with torch.no_grad():
+        store.frames_of(model, [ex.id for ex in examples], full.audio)
+
+    class NoAudio(AudioCache):
+        def __call__(self, ex):
+            raise AssertionError("audio read")
+
+    light = encode_views(processor, examples, NoAudio(), "Answer the question.", frame_counts=store.counts())
+    assert set(light.audio) == {"input_ids", "attention_mask"}
+    for k in ("input_ids", "attention_mask"):
+        assert torch.equal(light.audio[k], full.audio[k]), k
+    assert all(torch.equal(light.text[k], full.text[k]) for k in full.text)

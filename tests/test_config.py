@@ -337,7 +337,7 @@ def test_missing_frame_store_is_an_error_with_check_paths(tmp_path: Path):
     manifest.write_text("")
     raw = _base(data={"train_manifest": str(manifest), "frames": str(tmp_path / "frames" / "cord.safetensors")})
     msg = _one_with(_problems(raw, check_paths=True), "data.frames", "does not exist")
-    assert "cordlite testbed build" in msg
+    assert "cordlite testbed frames" in msg
 
 
 # --------------------------------------------------------------------------- CLI

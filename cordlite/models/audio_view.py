@@ -158,6 +158,10 @@ class FrameCache:
         hidden, lengths = stack_frames([self.frames[k] for k in ids], tower.conv1.weight.dtype)
         return hidden.to(tower.conv1.weight.device), lengths.to(tower.conv1.weight.device)
 
+    def counts(self) -> dict[str, int]:
+        """Frames per clip id (cordlite.data.encode_views builds prompts from them without audio)."""
+        return {k: len(v) for k, v in self.frames.items()}
+
     def prompt(self, model, ids: list[str], audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """`audio` (an audio-view prompt of the clips `ids`) as merged input embeddings."""
         hidden, lengths = self.frames_of(model, ids, audio)

@@ -6,6 +6,7 @@ the end token itself is trained on (the model must learn to stop).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,29 @@ class _RowTemperature:
         return scores / self.temperatures.to(scores.device, scores.dtype)
 
 
+def _prompt_cache(base, prompt: dict[str, torch.Tensor], num_per_prompt: int):
+    """The language model's keys and values of every prompt but its last token ([B, P-1] -> a
+    cache of B * num_per_prompt rows, each prompt's repeated): generate() then reads only the last
+    token, as it does after any prefilled cache, and samples on from there."""
+    lm = base.model.language_model
+    mask = prompt["attention_mask"]  # [B, P]
+    position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate() counts them
+    out = lm(inputs_embeds=prompt["inputs_embeds"][:, :-1], attention_mask=mask[:, :-1],
+             position_ids=position_ids[:, :-1], use_cache=True)
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    cache.batch_repeat_interleave(num_per_prompt)
+    return cache
+
+
+@functools.cache
+def cache_kwarg(lm_class: type) -> str:
+    """transformers renamed the forward's `past_key_values` to `cache` (5.24 accepts both, with a
+    deprecation warning for the old name); the name this version declares."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(lm_class.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -66,10 +90,13 @@ def sample(
     blocked_ids: list[int] = (),
     top_p: float = 1.0,
     greedy: bool = False,
+    share_prefill: bool = True,
 ) -> Rollouts:
     """num_per_prompt completions per prompt, grouped contiguously: rows [b*G, (b+1)*G) answer prompt b.
     `temperature`: one for every row, or one per position j in each prompt's group (row b*G + j
-    at temperature[j]): several temperatures in one generate call, one prefill and one decode loop."""
+    at temperature[j]): several temperatures in one generate call, one prefill and one decode loop.
+    `share_prefill` (prompts given as merged embeddings, G > 1): the language model reads each
+    prompt once and its G rows start from copies of its keys and values, instead of G prefills."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     batch = prompt["input_ids"].shape[0]
@@ -101,8 +128,13 @@ def sample(
     # (benchmarks/step_memory_speed.py --static-cache sets it there).
     base.generation_config = GenerationConfig(eos_token_id=list(end_ids), pad_token_id=pad_id,
                                               cache_implementation=saved.cache_implementation)
+    cache = {}
+    if (share_prefill and num_per_prompt > 1 and "inputs_embeds" in prompt and prompt["inputs_embeds"].shape[1] > 1
+            and saved.cache_implementation is None):
+        cache = {cache_kwarg(type(base.model.language_model)): _prompt_cache(base, prompt, num_per_prompt)}
     try:
-        out = model.generate(**inputs, generation_config=gen, logits_processor=processors if not greedy else None)
+        out = model.generate(**inputs, generation_config=gen, logits_processor=processors if not greedy else None,
+                             **cache)
     finally:
         base.generation_config = saved
     completion = out[:, inputs["input_ids"].shape[1]:]  # [n, L]

@@ -9,7 +9,6 @@ the student's memory bounded the same way.
 
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from cordlite.models.lora import base_of
+from cordlite.models.sampling import cache_kwarg
 from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
 
 
@@ -70,20 +70,11 @@ def shared_prompt_hidden(
     mask = torch.cat([p_mask.index_select(0, source), completion_mask.to(p_mask.dtype)], dim=1)  # [n, P+L]
     pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, p_mask.shape[1]:]  # [n, L]
     completion = base.model.get_input_embeddings()(completion_ids).to(embeds.dtype)  # [n, L, H]
-    kwargs = {_cache_kwarg(type(lm)): cache}
+    kwargs = {cache_kwarg(type(lm)): cache}
     hidden = lm(inputs_embeds=completion, attention_mask=mask, position_ids=pos, use_cache=True,
                 **kwargs).last_hidden_state  # [n, L, H]
     first = out.last_hidden_state[:, -1].index_select(0, source)  # [n, H]: predicts completion token 0
     return torch.cat([first.unsqueeze(1), hidden[:, :-1]], dim=1)
-
-
-@functools.cache
-def _cache_kwarg(lm_class: type) -> str:
-    """transformers renamed the forward's `past_key_values` to `cache` (5.24 accepts both, with a
-    deprecation warning for the old name); use the name this version declares."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(lm_class.forward).parameters else "past_key_values"
 
 
 def _lm_head(model) -> torch.nn.Linear:

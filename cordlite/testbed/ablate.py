@@ -170,7 +170,7 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
         from cordlite.data import batch_indices
         from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix, EncodedClips, align_listen
 
-        mix = AlignMix(**{f.name: build_config["mix"][f.name] for f in fields(AlignMix)})
+        mix = AlignMix(**{f.name: build_config["mix"][f.name] for f in fields(AlignMix) if f.name in build_config["mix"]})
         per_step = mix.asr + mix.audio_chain
         # The frozen encoder's frames of the clips the run will see, from the train split's store.
         order = [i for step in range(suite.steps) for i in batch_indices(len(train_rows), per_step, step, seed)]

@@ -136,6 +136,14 @@ class TestbedConfig:
             return cls.scratch()
         return cls(encoder=encoder, model=testbed_model(encoder))
 
+    def with_seed(self, seed: int) -> "TestbedConfig":
+        """The same build with another build seed: the language model's initial weights and the data
+        order and sampling of the text and alignment stages. The task, its splits and voices (the
+        test split is fixed) and the pretrained encoder stay as they are."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, seed=seed),
+                                   text=dataclasses.replace(self.text, seed=seed),
+                                   align=dataclasses.replace(self.align, seed=seed))
+
     @classmethod
     def toy(cls, encoder: str = "scratch") -> "TestbedConfig":
         """A few-second build of the same pipeline for tests (accuracies meaningless)."""
@@ -261,7 +269,7 @@ class Builder:
         self._stage("text", "text_model", text_fp, lambda d: self._text(d, splits))
         if cfg.pretrained:
             align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
-                                "mix": dataclasses.asdict(cfg.mix), "asr_instruction": ASR_INSTRUCTION})
+                                "mix": mix_fingerprint(cfg.mix), "asr_instruction": ASR_INSTRUCTION})
             self._stage("align", "model", align_fp, lambda d: self._listen(d, splits))
         else:
             align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
@@ -442,6 +450,16 @@ class Builder:
                               "torch": torch.__version__, "transformers": transformers.__version__}}
         _write_json(self.out / "build.json", record)
         return record
+
+
+def mix_fingerprint(mix: AlignMix) -> dict:
+    """mix as a dict for the align stage's fingerprint; chain_steps and long_asr_repeat came after
+    the first builds and are left out at their defaults, so those builds stay valid."""
+    d = dataclasses.asdict(mix)
+    for key, default in (("chain_steps", 0), ("long_asr_repeat", 1)):
+        if d[key] == default:
+            del d[key]
+    return d
 
 
 def _config_dict(cfg: TestbedConfig) -> dict:

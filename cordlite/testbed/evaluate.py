@@ -50,7 +50,7 @@ def evaluate_examples(model, processor, examples: list[Example], instruction: st
     t0 = time.perf_counter()
     with torch.no_grad():
         for chunk in _chunks(examples, batch_size, progress, label, "questions", t0):
-            views = encode_views(processor, chunk, cache, instruction)
+            views = encode_views(processor, chunk, cache, instruction, frame_counts=_counts(model, frames))
             audio = _audio_inputs(model, chunk, views.audio, frames)
             for view, inputs in (("text", views.text), ("audio", audio)):
                 texts, lengths, truncated = _answer(model, processor, inputs, max_new_tokens, tokens)
@@ -74,6 +74,11 @@ def _chunks(examples: list[Example], batch_size: int, progress: bool, label: str
         if progress:
             print(f"  [{label}] {min(start + batch_size, len(examples))}/{len(examples)} {unit}, "
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+
+
+def _counts(model, frames: FrameCache | None) -> dict[str, int] | None:
+    """The frame counts of the clips `frames` holds, when they may be used (a frozen encoder)."""
+    return frames.counts() if frames is not None and encoder_is_frozen(model) else None
 
 
 def _audio_inputs(model, chunk: list[Example], audio: dict, frames: FrameCache | None) -> dict:
@@ -100,7 +105,8 @@ def hearing_probe(model, processor, examples: list[Example], asr_instruction: st
     t0 = time.perf_counter()
     with torch.no_grad():
         for chunk in _chunks(examples, batch_size, progress, label, "clips", t0):
-            inputs = _audio_inputs(model, chunk, encode_views(processor, chunk, cache, asr_instruction).audio, frames)
+            views = encode_views(processor, chunk, cache, asr_instruction, frame_counts=_counts(model, frames))
+            inputs = _audio_inputs(model, chunk, views.audio, frames)
             texts, _, _ = _answer(model, processor, inputs, max_new_tokens, tokens)
             for ex, text in zip(chunk, texts):
                 rows.append({"id": ex.id, "question": ex.question, "heard": text,

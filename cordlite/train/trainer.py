@@ -247,6 +247,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     judge = judge_for_recipe(recipe, model, tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
     audio_cache = AudioCache(recipe.data.max_audio_seconds)
     frames = _frame_store(recipe, model)
+    counts = frames.counts() if frames is not None else None  # stored clips need no audio read
     progress = None
     if recipe.output.progress and dist.main:
         from tqdm.auto import tqdm
@@ -274,7 +275,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                     torch.manual_seed(step_seed(t.seed, step, (dist.rank * per_rank + start) // t.micro_batch_size))
                     chunk = batch_examples(examples, mine[start : start + t.micro_batch_size])
                     views = encode_views(processor, chunk, audio_cache, recipe.data.instruction,
-                                         recipe.data.system_prompt).to(rt.device)
+                                         recipe.data.system_prompt, counts).to(rt.device)
                     collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge, frames)
                     loss, stats = compute_loss(model, collected, recipe, rt)
                     (loss * (len(chunk) / t.batch_size)).backward()  # each rank's share of the global mean
