@@ -24,7 +24,8 @@ Reported (JSON + Markdown table in benchmarks/results/, written atomically):
            (benchmarks/roofline.py) with the measured device copy bandwidth
 Options: --teacher separate (a second frozen NF4 copy scores the text view, as two-model trainers
 do; benchmark only), --compare (both, one process, peak stats reset between them, and the ratios),
---fused-rollouts (all N+1 rollouts of a prompt in one generate call), --static-cache
+--separate-rollouts (the distillation and group rollouts in two generate calls, each with its own
+prefill, as cordlite sampled them before one call with a temperature per row), --static-cache
 (cache_implementation="static"), --compile (torch.compile on each decoder layer).
 
 Departures from a real run: random weights and a small locally trained tokenizer (the embedding
@@ -154,7 +155,7 @@ def run_config(recipe, teacher_mode: str, args, examples) -> dict:
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     store = ReferenceStore(None)
     audio_cache = AudioCache(recipe.data.max_audio_seconds)
-    variant = teacher is not None or args.fused_rollouts
+    variant = teacher is not None or args.separate_rollouts
     n_micro = tr.batch_size // tr.micro_batch_size
     steps = []
     for step in range(args.warmup + args.steps):
@@ -171,7 +172,7 @@ def run_config(recipe, teacher_mode: str, args, examples) -> dict:
             mem.reset()
             if variant:
                 c = collect_variant(model, tokenizer, views, recipe, rt, tokens, store, teacher=teacher,
-                                    fused=args.fused_rollouts)
+                                    separate=args.separate_rollouts)
             else:
                 c = collect(model, tokenizer, views, recipe, rt, tokens, store)
             mem.record("collect" if measured else "warmup")
@@ -224,7 +225,7 @@ def summarise(steps: list[dict], mem: Memory, recipe, args, n_micro: int) -> dic
     mean["student_loss_s"] = mean["forward_s"] + mean["backward_s"]
     mean["other_s"] = mean["step_s"] - sum(mean[k] for k in keys[1:])  # prompt encoding, stats, syncs
     ro = recipe.rollout
-    calls = 1 if args.fused_rollouts else 2  # generate calls per micro-batch (see step_variants)
+    calls = 2 if args.separate_rollouts else 1  # generate calls per micro-batch (see step_variants)
     decode_steps = calls * ro.max_new_tokens * n_micro  # sequential decode steps per step
     tokens = sum(s["tokens_generated"] for s in measured) / len(measured)
     rollout_s = mean["rollout_s"]
@@ -264,7 +265,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompts-per-step", type=int, default=1, help="train.batch_size (default 1, see docstring)")
     p.add_argument("--audio-seconds", type=float, default=30.0, help="length of the spoken prompt (default 30)")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    p.add_argument("--fused-rollouts", action="store_true", help="all N+1 rollouts of a prompt in one generate call")
+    p.add_argument("--separate-rollouts", action="store_true",
+                   help="the distillation and group rollouts in two generate calls (the former layout)")
     p.add_argument("--static-cache", action="store_true", help='generate with cache_implementation="static"')
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer")
     p.add_argument("--cache", default=str(REPO / "cache" / "bench"), help="where the checkpoint and inputs live")
@@ -335,7 +337,7 @@ def run(args: argparse.Namespace) -> dict | None:
                      "prompts_per_step": recipe.train.batch_size, "lora_r": recipe.lora.r,
                      "quantization": recipe.quantization.mode, "kl_chunk_size": recipe.loss.kl_chunk_size,
                      "gradient_checkpointing": recipe.train.gradient_checkpointing, "steps": args.steps,
-                     "warmup": args.warmup, "fused_rollouts": args.fused_rollouts,
+                     "warmup": args.warmup, "separate_rollouts": args.separate_rollouts,
                      "static_cache": args.static_cache, "compile": args.compile},
         "overrides": overrides, "bandwidth_gb_s": bandwidth / GB, "runs": runs,
     }
@@ -348,7 +350,7 @@ def run(args: argparse.Namespace) -> dict | None:
         report["estimate_gb"] = estimate_step_memory(QWEN2_AUDIO_7B, new_tokens=ro.max_new_tokens,
                                                      group_size=ro.group_size, kl_chunk=recipe.loss.kl_chunk_size)
     tag = "_".join([args.size, device, "compare" if args.compare else args.teacher]
-                   + [f for f, on in (("fused", args.fused_rollouts), ("static", args.static_cache),
+                   + [f for f, on in (("separate", args.separate_rollouts), ("static", args.static_cache),
                                       ("compile", args.compile)) if on])
     out = Path(args.out)
     write_text(out / f"step_memory_speed_{tag}.json", json.dumps(report, indent=2, default=str) + "\n")

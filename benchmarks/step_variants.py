@@ -4,15 +4,14 @@ collect_variant mirrors cordlite.objective.step.collect and departs from it only
 no flag it returns exactly what collect returns (tests/test_benchmark.py checks this), so the
 comparison measures the flag and nothing else.
 
-  teacher=COPY   text-view scoring and the reference answers use a second, frozen copy of the base,
-                 the way two-model distillation trainers hold their teacher, instead of the
-                 student's own weights inside adapters_off(model). cordlite never loads such a copy;
-                 it exists here only to measure what sharing one base saves.
-  fused=True     the distillation rollout (T = 1.0) and the N group rollouts (T = 1.5) of a prompt
-                 are sampled in ONE generate call with a temperature per row. collect makes two
-                 calls (the N group rollouts are already one batched call; the distillation rollout
-                 is a second call because its temperature differs), so a step decodes
-                 2 x max_new_tokens sequential steps; fused decodes max_new_tokens.
+  teacher=COPY    text-view scoring and the reference answers use a second, frozen copy of the base,
+                  the way two-model distillation trainers hold their teacher, instead of the
+                  student's own weights inside adapters_off(model). cordlite never loads such a copy;
+                  it exists here only to measure what sharing one base saves.
+  separate=True   the distillation rollout (T = 1.0) and the N group rollouts (T = 1.5) of a prompt in
+                  TWO generate calls, one per temperature, each reading the prompt for all of its
+                  rows (cordlite before it sampled them in one call with a temperature per row and one
+                  prefill per prompt): 2 x max_new_tokens sequential decode steps instead of one.
 
 Only the paper's layout is covered: both loss terms on, a separate distillation rollout, and the
 rule-based judge (the benchmark's settings).
@@ -25,85 +24,47 @@ import dataclasses
 
 import torch
 
-from cordlite.objective.advantages import group_advantages
 from cordlite.config import Recipe
 from cordlite.data import ViewBatch
 from cordlite.judge.rewards import rule_rewards
-from cordlite.objective.logprobs import completion_hidden, full_logprobs
-from cordlite.models.runtime import Runtime
+from cordlite.models.audio_view import encode_audio, encoder_is_frozen, prompt_embeds
 from cordlite.models.lora import adapters_off
-from cordlite.models.sampling import Rollouts, completion_mask, pad_right, repeat_rows, sample
-from cordlite.objective.step import Collected, ReferenceStore, Tokens, reference_answers
+from cordlite.models.runtime import Runtime
+from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
+from cordlite.objective.advantages import group_advantages
+from cordlite.objective.logprobs import completion_hidden, full_logprobs
+from cordlite.objective.step import Collected, ReferenceStore, Tokens, _rows, reference_answers
 from cordlite.objective.step import _autocast, _clock  # the same autocast and synchronised clock as collect
-
-
-def _row_temperature(temperature: torch.Tensor):
-    """A logits processor dividing row i's scores by temperature[i]."""
-    from transformers import LogitsProcessor
-
-    class RowTemperature(LogitsProcessor):
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            return scores / temperature.to(scores.device, scores.dtype)[:, None]  # [n, V] / [n, 1]
-
-    return RowTemperature()
-
-
-@torch.no_grad()
-def sample_fused(model, prompt: dict[str, torch.Tensor], group_size: int, t_distill: float, t_group: float, *,
-                 max_new_tokens: int, end_ids: list[int], pad_id: int, blocked_ids: list[int]) -> list[Rollouts]:
-    """One generate call for B distillation rows then B*G group rows (grouped per prompt, as in collect)."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    dev = prompt["input_ids"].device
-    b = prompt["input_ids"].shape[0]
-    src_d = torch.arange(b, device=dev)  # [B]
-    src_g = src_d.repeat_interleave(group_size)  # [B*G]
-    temps = torch.cat([torch.full((b,), t_distill), torch.full((b * group_size,), t_group)])  # [B + B*G]
-    inputs = repeat_rows(prompt, torch.cat([src_d, src_g]))
-    gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                           max_new_tokens=max_new_tokens, eos_token_id=list(end_ids), pad_token_id=pad_id,
-                           suppress_tokens=list(blocked_ids) or None)
-    # As in cordlite.models.sampling.sample: nothing inherited from the checkpoint's generation_config but the
-    # cache layout.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved = base.generation_config
-    base.generation_config = GenerationConfig(eos_token_id=list(end_ids), pad_token_id=pad_id,
-                                              cache_implementation=saved.cache_implementation)
-    try:
-        out = model.generate(**inputs, generation_config=gen,
-                             logits_processor=LogitsProcessorList([_row_temperature(temps)]))
-    finally:
-        base.generation_config = saved
-    completion = out[:, inputs["input_ids"].shape[1]:]  # [B + B*G, L]
-    mask, finished = completion_mask(completion, end_ids)
-    completion = completion.masked_fill(mask == 0, pad_id)
-    return [Rollouts(completion[:b], mask[:b], finished[:b], src_d),
-            Rollouts(completion[b:], mask[b:], finished[b:], src_g)]
 
 
 @torch.no_grad()
 def collect_variant(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
-                    store: ReferenceStore, *, teacher=None, fused: bool = False) -> Collected:
-    """cordlite.objective.step.collect, with the teacher on a separate copy and/or fused rollouts (module docstring)."""
+                    store: ReferenceStore, *, teacher=None, separate: bool = False) -> Collected:
+    """cordlite.objective.step.collect, with the teacher on a separate copy and/or two generate calls (module docstring)."""
     ro, lo = recipe.rollout, recipe.loss
     if ro.share_rollouts or lo.lambda_tok <= 0 or lo.lambda_seq <= 0 or recipe.judge.mode != "rules":
         raise ValueError("collect_variant covers the paper's layout only: rollout.share_rollouts false, "
                          "loss.lambda_tok and loss.lambda_seq > 0, judge.mode rules")
-    if fused and ro.top_p != 1.0:
-        raise ValueError(f"rollout.top_p: {ro.top_p}; fused rollouts sample the full distribution (top_p 1.0)")
     model.eval()
     timings: dict[str, float] = {}
     t0 = _clock(rt)
     common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
-                  blocked_ids=tokens.blocked_ids)
+                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
+    encoded = None
     with _autocast(rt):
-        if fused:
-            parts = sample_fused(model, views.audio, ro.group_size, ro.distill_temperature, ro.group_temperature,
-                                 **common)
-        else:
-            parts = [sample(model, views.audio, 1, temperature=ro.distill_temperature, top_p=ro.top_p, **common),
-                     sample(model, views.audio, ro.group_size, temperature=ro.group_temperature, top_p=ro.top_p,
+        if ro.encode_audio_once and encoder_is_frozen(model):
+            encoded = encode_audio(model, views.audio["input_features"], views.audio["feature_attention_mask"])
+        audio = prompt_embeds(model, views.audio, encoded) if ro.encode_audio_once else views.audio
+        if separate:
+            parts = [sample(model, audio, 1, temperature=ro.distill_temperature, share_prefill=False, **common),
+                     sample(model, audio, ro.group_size, temperature=ro.group_temperature, share_prefill=False,
                             **common)]
+        else:
+            both = sample(model, audio, 1 + ro.group_size, **common,
+                          temperature=[ro.distill_temperature] + [ro.group_temperature] * ro.group_size)
+            first = torch.arange(0, both.source.shape[0], 1 + ro.group_size, device=both.source.device)
+            rest = torch.ones_like(both.source, dtype=torch.bool).index_fill(0, first, False)
+            parts = [_rows(both, first), _rows(both, rest.nonzero().squeeze(1))]
     timings["rollout_s"] = _clock(rt) - t0
 
     ids = pad_right([p.completion_ids for p in parts], tokens.pad_id)  # [n, L]
@@ -141,7 +102,7 @@ def collect_variant(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runt
     lengths = mask.sum(dim=1).float()
     stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
                  truncated_frac=1.0 - finished.float().mean().item(), **timings)
-    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats)
+    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats, encoded)
 
 
 def load_teacher_copy(recipe: Recipe, rt: Runtime):

@@ -83,14 +83,16 @@ def run_key(suite: Suite, method: Method, seed: int) -> str:
 
 
 def _score(model, processor, examples, instruction, responses: Path | None = None, frames=None) -> dict:
-    """Test-split accuracies; with `responses`, also the answers (JSONL) and the kinds of audio and
-    text errors (cordlite.testbed.errors)."""
+    """Test-split accuracies; with `responses` (the last step), also the answers (JSONL) and the
+    kinds of audio and text errors (cordlite.testbed.errors). Before the last step the audio view
+    alone: the curve's gap is against the base's text view (the paper's Delta)."""
     from cordlite.files import write_jsonl_atomic
     from cordlite.testbed.errors import error_counts
     from cordlite.testbed.evaluate import evaluate_examples
 
     rows, s = evaluate_examples(model, processor, examples, instruction, batch_size=64, max_new_tokens=64,
-                                progress=False, frames=frames)
+                                progress=False, frames=frames,
+                                views=("text", "audio") if responses is not None else ("audio",))
     point = {k: s[k] for k in ("text_acc", "audio_acc", "gap", "n")}
     if responses is not None:
         responses.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +132,8 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
         cached.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(cached, json.dumps(point) + "\n")
         curve.append(point)
-        _log(f"  [{method.name} seed {seed}] step {step}: audio {point['audio_acc']:.1f}%  "
-             f"text {point['text_acc']:.1f}%")
+        _log(f"  [{method.name} seed {seed}] step {step}: audio {point['audio_acc']:.1f}%"
+             + (f"  text {point['text_acc']:.1f}%" if point["text_acc"] is not None else ""))
     return curve
 
 
@@ -159,8 +161,8 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
         final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
         point = {"step": step, **_score(model, processor, test, instruction, final, frames)}
         curve.append(point)
-        _log(f"  [{method.name} seed {seed}] step {point['step']}: audio {point['audio_acc']:.1f}%  "
-             f"text {point['text_acc']:.1f}%")
+        _log(f"  [{method.name} seed {seed}] step {point['step']}: audio {point['audio_acc']:.1f}%"
+             + (f"  text {point['text_acc']:.1f}%" if point["text_acc"] is not None else ""))
         return 0.0
 
     build_config = _build_config(suite.testbed)

@@ -107,7 +107,7 @@ class TestbedConfig:
     """Audio alignment; stops at val audio exact match >= target, or at max_steps. Pretrained
     encoder: projector + LM on the AlignMix (cordlite.testbed.listen); scratch: encoder + projector,
     LM frozen (cordlite.testbed.stages.align_audio)."""
-    mix: AlignMix = AlignMix(asr=9, audio_chain=1, text_chain=6, chain_clips=200)
+    mix: AlignMix = AlignMix(asr=9, audio_chain=1, text_chain=6, chain_clips=1000)
     """Pretrained encoder only: rows of each kind per alignment step (batch_size = asr + audio_chain)."""
     align_clips: int = 2000
     """Pretrained encoder only: train questions voiced and used by the alignment (the first N of
@@ -269,7 +269,7 @@ class Builder:
         self._stage("text", "text_model", text_fp, lambda d: self._text(d, splits))
         if cfg.pretrained:
             align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
-                                "mix": mix_fingerprint(cfg.mix), "asr_instruction": ASR_INSTRUCTION})
+                                "mix": dataclasses.asdict(cfg.mix), "asr_instruction": ASR_INSTRUCTION})
             self._stage("align", "model", align_fp, lambda d: self._listen(d, splits))
         else:
             align_fp = digest({"text": text_fp, "fit": fit_fingerprint(cfg.align), "data": data_fp,
@@ -450,16 +450,6 @@ class Builder:
                               "torch": torch.__version__, "transformers": transformers.__version__}}
         _write_json(self.out / "build.json", record)
         return record
-
-
-def mix_fingerprint(mix: AlignMix) -> dict:
-    """mix as a dict for the align stage's fingerprint; chain_steps and long_asr_repeat came after
-    the first builds and are left out at their defaults, so those builds stay valid."""
-    d = dataclasses.asdict(mix)
-    for key, default in (("chain_steps", 0), ("long_asr_repeat", 1)):
-        if d[key] == default:
-            del d[key]
-    return d
 
 
 def _config_dict(cfg: TestbedConfig) -> dict:

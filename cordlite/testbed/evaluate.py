@@ -36,9 +36,10 @@ def _answer(model, processor, inputs: dict, max_new_tokens: int, tokens) -> tupl
 
 def evaluate_examples(model, processor, examples: list[Example], instruction: str, batch_size: int = 64,
                       max_new_tokens: int = 64, progress: bool = True, label: str = "eval",
-                      frames: FrameCache | None = None) -> tuple[list[dict], dict]:
+                      frames: FrameCache | None = None,
+                      views: tuple[str, ...] = ("text", "audio")) -> tuple[list[dict], dict]:
     """(rows, summary): one row per example and view; summary with accuracies, gap, lengths and
-    error kinds. `frames` reuses the encoder's frames of clips it has seen, when the encoder is
+    error kinds (a view left out of `views` has accuracy None). `frames` reuses the encoder's frames of clips it has seen, when the encoder is
     frozen (cordlite.models.audio_view.FrameCache: the same numbers, one encoder pass per clip
     over several evaluations)."""
     from cordlite.objective.step import Tokens
@@ -50,9 +51,11 @@ def evaluate_examples(model, processor, examples: list[Example], instruction: st
     t0 = time.perf_counter()
     with torch.no_grad():
         for chunk in _chunks(examples, batch_size, progress, label, "questions", t0):
-            views = encode_views(processor, chunk, cache, instruction, frame_counts=_counts(model, frames))
-            audio = _audio_inputs(model, chunk, views.audio, frames)
-            for view, inputs in (("text", views.text), ("audio", audio)):
+            batch = encode_views(processor, chunk, cache, instruction, frame_counts=_counts(model, frames))
+            audio = _audio_inputs(model, chunk, batch.audio, frames)
+            for view, inputs in (("text", batch.text), ("audio", audio)):
+                if view not in views:
+                    continue
                 texts, lengths, truncated = _answer(model, processor, inputs, max_new_tokens, tokens)
                 for ex, text, n, tr in zip(chunk, texts, lengths, truncated):
                     final = int(ex.meta["final"])
@@ -131,7 +134,8 @@ def summarize(rows: list[dict], seconds: float | None = None) -> dict:
         out[f"{view}_tokens_mean"] = sum(r["n_tokens"] for r in mine) / n if n else None
         out[f"{view}_truncated"] = sum(r["truncated"] for r in mine)
     out["n"] = len({r["id"] for r in rows})
-    out["gap"] = out["text_acc"] - out["audio_acc"] if out["n"] else None
+    both_views = out["n"] and out["text_acc"] is not None and out["audio_acc"] is not None
+    out["gap"] = out["text_acc"] - out["audio_acc"] if both_views else None
     both = {}
     for r in rows:
         both.setdefault(r["id"], {})[r["view"]] = r["correct"]

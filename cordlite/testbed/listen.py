@@ -33,7 +33,7 @@ from cordlite.data import Example, batch_indices, expand_audio_placeholder
 from cordlite.models.audio_view import FrameCache, merge_audio, project, stack_frames
 from cordlite.testbed.frames import fill_frames
 from cordlite.testbed.fit import FitConfig, FitResult, answer_loss, completion_tensors, fit
-from cordlite.testbed.stages import EVAL_BATCH, end_and_pad, text_prompts
+from cordlite.testbed.stages import EVAL_BATCH, TextPrompts, end_and_pad, text_prompts
 from cordlite.testbed.task import Problem
 
 ASR_INSTRUCTION = "Repeat the question."
@@ -47,15 +47,8 @@ class AlignMix:
     audio_chain: int = 2
     text_chain: int = 6
     chain_clips: int = 0
-    """Spoken reasoning comes from this many clips only (the first N of the train split that
-    chain_steps allows; 0 = all): a real LALM has far more transcribed speech than spoken reasoning."""
-    chain_steps: int = 0
-    """Spoken reasoning only on problems whose chain has at most this many steps (0 = any): a real
-    LALM's speech instruction data rarely holds long multi-step reasoning, so its audio view
-    reasons over long problems worse than its text view (the paper's gap is largest on GSM8K)."""
-    long_asr_repeat: int = 1
-    """Transcription rows draw the clips of 3-step problems this many times as often as the others
-    (1 = uniform): the longest questions are the hardest to transcribe for the small LM."""
+    """Spoken reasoning comes from this many clips only (the first N of the train split; 0 = all):
+    a real LALM has far more transcribed speech than spoken reasoning data."""
     text_targets: str = "reference"
     """Text replay targets: "reference" chains, or the text model's "own" greedy answers (taken
     once before the alignment), which keep the text view the teacher it was, errors included."""
@@ -106,13 +99,6 @@ class EncodedClips:
         hidden, lengths = stack_frames([self.frames[i] for i in indices])
         embeds = merge_audio(model, input_ids, project(model, hidden), lengths)
         return {"inputs_embeds": embeds, "attention_mask": attention, "input_ids": input_ids}
-
-
-def spoken_chain_clips(examples: list[Example], mix: AlignMix) -> list[int]:
-    """Indices of the clips the spoken reasoning rows come from (AlignMix.chain_steps, chain_clips)."""
-    pool = [i for i, ex in enumerate(examples)
-            if not mix.chain_steps or (ex.answer or "").count("=") <= mix.chain_steps]
-    return pool[: mix.chain_clips] if mix.chain_clips else pool
 
 
 def prompt_ids(processor, example: Example, instruction: str, n_audio: int) -> torch.Tensor:
@@ -192,25 +178,18 @@ def align_listen(model, processor, train: EncodedClips, val: EncodedClips | None
         text_train = own_answers(model, processor, text_train, instruction)
     params = _trainable(model, True)
     tok = processor.tokenizer
-    chain_pool = spoken_chain_clips(train.examples, mix)
-    if mix.audio_chain and not chain_pool:
-        raise ValueError(f"AlignMix.chain_steps {mix.chain_steps}: no training clip has a chain that short")
     if cfg.batch_size != mix.asr + mix.audio_chain:
         raise ValueError(f"align batch_size {cfg.batch_size} must be mix.asr + mix.audio_chain "
                          f"({mix.asr + mix.audio_chain}): the clips of one step")
 
-    long = [i for i, ex in enumerate(train.examples) if (ex.answer or "").count("=") >= 3]
-    asr_pool = list(range(len(train))) + long * (mix.long_asr_repeat - 1)
+    prompts = TextPrompts(processor, instruction)
 
     def step_loss(indices: list[int], step: int):
         model.train()
         audio_rows = indices  # cfg.batch_size = mix.asr + mix.audio_chain clips
-        if mix.long_asr_repeat > 1:
-            indices = [asr_pool[j] for j in batch_indices(len(asr_pool), mix.asr, step, cfg.seed + 3)]
-            audio_rows = indices + audio_rows[mix.asr:]
-        if len(chain_pool) < len(train):
-            chain = [chain_pool[j] for j in batch_indices(len(chain_pool), mix.audio_chain, step, cfg.seed + 2)]
-            audio_rows = audio_rows[: mix.asr] + chain
+        if mix.chain_clips:
+            chain = batch_indices(min(mix.chain_clips, len(train)), mix.audio_chain, step, cfg.seed + 2)
+            audio_rows = indices[: mix.asr] + chain
         text_rows = batch_indices(len(text_train), mix.text_chain, step, cfg.seed + 1) if mix.text_chain else []
         total, stats = 0.0, {}
         parts = (("asr", audio_rows[: mix.asr], mix.asr_weight), ("audio_chain", audio_rows[mix.asr:],
@@ -227,7 +206,7 @@ def align_listen(model, processor, train: EncodedClips, val: EncodedClips | None
         if text_rows and mix.text_chain_weight:
             chunk = [text_train[i] for i in text_rows]
             ids, mask = completion_tensors(tok, [p.answer for p in chunk], end_id, pad_id)
-            prompt = text_prompts(processor, [p.question for p in chunk], instruction)
+            prompt = prompts([p.question for p in chunk])
             loss, s, _ = answer_loss(model, prompt, ids, mask)
             total = total + mix.text_chain_weight * loss
             stats["text_chain"] = s["loss"]

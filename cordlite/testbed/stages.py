@@ -67,6 +67,31 @@ def text_prompts(processor, questions: list[str], instruction: str) -> dict[str,
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+class TextPrompts:
+    """text_prompts with each question's ids rendered once: the chat template costs about as much
+    per question as a training step's compute on the testbed, and the trained stages see each
+    question many times. Batches are left-padded like text_prompts'."""
+
+    def __init__(self, processor, instruction: str):
+        self.processor, self.instruction = processor, instruction
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def __call__(self, questions: list[str]) -> dict[str, torch.Tensor]:
+        missing = [q for q in dict.fromkeys(questions) if q not in self.ids]
+        if missing:
+            enc = text_prompts(self.processor, missing, self.instruction)
+            for q, row, m in zip(missing, enc["input_ids"], enc["attention_mask"]):
+                self.ids[q] = row[m.bool()]
+        rows = [self.ids[q] for q in questions]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.processor.tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, r in enumerate(rows):
+            input_ids[b, width - len(r):] = r
+            attention[b, width - len(r):] = 1
+        return {"input_ids": input_ids, "attention_mask": attention}
+
+
 class ClipLoader:
     """encode_views' audio source without a cache: the train split is read from disk per batch."""
 
@@ -150,11 +175,13 @@ def train_text(model, processor, train: list[Problem], val: list[Problem], instr
         ids, mask = completion_tensors(processor.tokenizer, [p.answer for p in chunk], end_id, pad_id)
         val_batches.append((text_prompts(processor, [p.question for p in chunk], instruction), ids, mask))
 
+    prompts = TextPrompts(processor, instruction)
+
     def step_loss(indices: list[int], step: int):
         model.train()
         chunk = [train[i] for i in indices]
         ids, mask = completion_tensors(processor.tokenizer, [p.answer for p in chunk], end_id, pad_id)
-        loss, stats, _ = answer_loss(model, text_prompts(processor, [p.question for p in chunk], instruction), ids, mask)
+        loss, stats, _ = answer_loss(model, prompts([p.question for p in chunk]), ids, mask)
         return loss, stats
 
     result = fit(params, step_loss, lambda: _exact_match(model, val_batches), len(train), cfg, "text", progress)
