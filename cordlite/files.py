@@ -73,6 +73,35 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (ours counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temps(folder: Path, pattern: str) -> list[Path]:
+    """Delete the entries of `folder` matching the glob `pattern` whose name ends in "-PID" of a
+    process that no longer exists: temporary files and directories left by a killed writer. Those
+    of live processes (another writer at work) are left alone."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for tmp in sorted(folder.glob(pattern)):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished directory into place; an older one is removed only after the move is ready."""
     old = final.with_name(f".{final.name}.old-{os.getpid()}")

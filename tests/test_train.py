@@ -206,6 +206,42 @@ def test_sigterm_saves_a_checkpoint_and_resume_replays_the_same_steps(tiny_model
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-4, abs=1e-5), ra["step"]
 
 
+def test_a_second_sigterm_stops_at_once_and_says_what_is_kept(tiny_model_dir, tiny_manifest, tmp_path, monkeypatch,
+                                                             capsys):
+    """The handler: a first signal asks for a stop at a safe point, a second one stops at once
+    (StopNow, not click's bare "Aborted!"). The trainer then exits 128 + signum, naming the last
+    checkpoint; the next start resumes from it. The second signal is raised in the rollout of step
+    3 here (signals do not queue, so two real ones sent at once arrive as one)."""
+    from cordlite.train import trainer as trainer_module
+
+    handler = trainer_module._Signals(trainer_module.init_distributed())
+    handler._handle(signal.SIGTERM, None)
+    with pytest.raises(trainer_module.StopNow):
+        handler._handle(signal.SIGTERM, None)
+
+    raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
+    raw["train"].update(max_steps=4, batch_size=1, micro_batch_size=1)
+    raw["output"].update(save_every=1)
+    real_collect, calls = trainer_module.collect, []
+
+    def collect_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise trainer_module.StopNow(signal.SIGTERM)
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "collect", collect_then_signal)
+    with pytest.raises(SystemExit) as stop:
+        train(recipe_from_dict(raw))
+    assert stop.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "second SIGTERM: stopped at once without saving; the last checkpoint is" in err
+    assert "step_000002 (steps after it are lost); continue with --resume" in err
+    monkeypatch.setattr(trainer_module, "collect", real_collect)
+    train(recipe_from_dict(raw), resume=True)
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
+
+
 def test_references_are_generated_ahead_in_one_call(tiny_model_dir, tiny_manifest, tmp_path):
     """The first step generates the text-view references of its whole block of steps in one call
     (64 prompts: 32 steps of 2), so the next steps generate none; each is written once."""

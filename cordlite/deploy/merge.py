@@ -33,6 +33,7 @@ import torch
 
 from cordlite.deploy.loading import AdapterSource, MergeError, resolve_adapter
 from cordlite.deploy.merge_check import CheckResult
+from cordlite.files import remove_dead_temps
 
 TMP_TAG = ".merge-tmp-"
 CHECK_FILE = "merge_check.json"
@@ -45,25 +46,9 @@ class MergeResult:
     nf4_check: CheckResult | None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temps(out: Path) -> list[Path]:
     """Delete hidden temporary directories left next to `out` by merges that were killed."""
-    removed = []
-    for tmp in out.parent.glob(f".{out.name}{TMP_TAG}*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
+    return remove_dead_temps(out.parent, f".{out.name}{TMP_TAG}*")
 
 
 def _inside(child: Path, parent: Path) -> bool:

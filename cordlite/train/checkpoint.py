@@ -1,8 +1,21 @@
-"""Resumable checkpoints: the adapter (peft format) plus optimizer, scheduler, RNG and step.
+"""Resumable checkpoints that hold no pickle: the adapter, optimizer, scheduler, RNG and step.
 
-Layout: RUN/checkpoints/step_000010/{adapter/, trainer_state.pt, state.json}. Each checkpoint is
-written into a hidden temp directory and renamed into place, so a kill mid-save leaves the
-previous checkpoint intact and never a half-written one.
+Layout: RUN/checkpoints/step_000010/
+    adapter/                 the LoRA weights, peft format (adapter_model.safetensors)
+    optimizer.safetensors    every tensor of the optimizer's state (AdamW: step, exp_avg, exp_avg_sq)
+    rng.safetensors          torch's (and CUDA's) generator states, numpy's key array
+    trainer_state.json       step, scheduler, optimizer param groups and scalars, python/numpy RNG
+    state.json               the step and the run's metadata; written last: its presence marks a
+                             complete checkpoint
+
+Nothing here is unpickled: JSON and safetensors only, so a checkpoint copied from someone else
+cannot run code on `--resume`. A checkpoint holding a pickle file (the `trainer_state.pt` of
+cordlite before this format, or any planted `.pt`, `.pth`, `.bin`, `.pkl`, `.pickle`) is refused
+with a message, never opened.
+
+Each checkpoint is written into a hidden `.step_N.tmp-PID` directory and renamed into place, and an
+old one is renamed to `.step_N.del-PID` before it is deleted, so a kill leaves either the whole
+checkpoint or none of it. `clean_checkpoints` removes what killed processes left behind.
 """
 
 from __future__ import annotations
@@ -16,61 +29,188 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cordlite.files import replace_dir
+from cordlite.files import remove_dead_temps, replace_dir, write_text_atomic
 from cordlite.models.adapter import load_adapter_weights
 
-STATE_FILE = "trainer_state.pt"
+FORMAT = 2
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+MARKER = "state.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (incomplete, another format, or holding a pickle)."""
 
 
 def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:06d}"
 
 
+def _step_of(path: Path) -> int:
+    return int(path.name.split("_")[1])
+
+
+def _is_step_dir(path: Path) -> bool:
+    return path.is_dir() and path.name.startswith("step_") and path.name[5:].isdigit()
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The complete checkpoint with the highest step, or None."""
     if not root.is_dir():
         return None
-    done = [p for p in root.glob("step_*") if (p / "state.json").is_file()]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
+    done = [p for p in root.iterdir() if _is_step_dir(p) and (p / MARKER).is_file()]
+    return max(done, key=_step_of, default=None)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def clean_checkpoints(root: Path) -> list[Path]:
+    """Remove what killed processes left in `root`: their temporary and half-deleted directories
+    (`.step_N.tmp-PID`, `.step_N.old-PID`, `.step_N.del-PID` of processes that no longer exist)
+    and step directories without their completion marker. Returns what was removed."""
+    removed = []
+    for tag in ("tmp", "old", "del"):
+        removed += remove_dead_temps(root, f".step_*.{tag}-*")
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if _is_step_dir(p) and not (p / MARKER).is_file():
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+# --- RNG --------------------------------------------------------------------------------------
+
+
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    """The generators' states as (JSON-able dict, tensors)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    meta = {"python": [version, list(internal), gauss],
+            "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+    tensors = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64))}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    return meta, tensors
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = meta["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    np_meta = meta["numpy"]
+    keys = tensors["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state((np_meta["kind"], keys, np_meta["pos"], np_meta["has_gauss"], np_meta["cached_gaussian"]))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# --- optimizer ----------------------------------------------------------------------------------
+
+
+def _split_optimizer(state: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An optimizer state_dict as (JSON-able dict, flat tensors named state.<param>.<name>)."""
+    tensors, scalars = {}, {}
+    for idx, per_param in state["state"].items():
+        for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"state.{idx}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[name] = value
+    return {"param_groups": state["param_groups"], "scalars": scalars}, tensors
+
+
+def _join_optimizer(meta: dict, tensors: dict[str, torch.Tensor], like: dict) -> dict:
+    """Back to a state_dict; tuples come back as tuples where the live optimizer holds tuples."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        _, idx, name = key.split(".", 2)
+        state.setdefault(int(idx), {})[name] = value
+    for idx, values in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(values)
+    groups = []
+    for saved, live in zip(meta["param_groups"], like["param_groups"]):
+        groups.append({k: tuple(v) if isinstance(live.get(k), tuple) and isinstance(v, list) else v
+                       for k, v in saved.items()})
+    return {"state": state, "param_groups": groups}
+
+
+# --- save and load ---------------------------------------------------------------------------------
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, meta: dict, keep_last: int) -> Path:
+    from safetensors.torch import save_file
+
     final = checkpoint_dir(root, step)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp / "adapter")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "step": step}, tmp / STATE_FILE)
-    (tmp / "state.json").write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
+    model.save_pretrained(tmp / "adapter", safe_serialization=True)
+    opt_meta, opt_tensors = _split_optimizer(optimizer.state_dict())
+    rng_meta, rng_tensors = rng_state()
+    save_file(opt_tensors, str(tmp / OPTIMIZER_FILE))
+    save_file(rng_tensors, str(tmp / RNG_FILE))
+    try:
+        text = json.dumps({"format": FORMAT, "step": step, "scheduler": scheduler.state_dict(),
+                           "optimizer": opt_meta, "rng": rng_meta}, indent=1)
+    except TypeError as e:  # a scheduler or optimizer holding something JSON cannot say
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{final}: the training state is not plain data ({e}); "
+                              "cordlite checkpoints hold JSON and tensors only") from None
+    write_text_atomic(tmp / STATE_FILE, text)
+    (tmp / MARKER).write_text(json.dumps({"step": step, **meta}, indent=2, default=str))
     replace_dir(tmp, final)
-    older = sorted((p for p in root.glob("step_*") if p != final), key=lambda p: int(p.name.split("_")[1]))
+    older = sorted((p for p in root.iterdir() if _is_step_dir(p) and p != final), key=_step_of)
     for p in older[: max(0, len(older) - (keep_last - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
+        gone = root / f".{p.name}.del-{os.getpid()}"
+        os.replace(p, gone)  # one rename: the checkpoint is whole or not there
+        shutil.rmtree(gone, ignore_errors=True)
     return final
 
 
+def _refuse_pickles(path: Path) -> None:
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix.lower() in PICKLE_SUFFIXES:
+            old = f.name == "trainer_state.pt"
+            why = ("it is a checkpoint of an older cordlite, which kept its training state as a pickle"
+                   if old else "pickle files can run code when loaded")
+            raise CheckpointError(
+                f"{path}: holds {f.relative_to(path)}; cordlite never loads pickle files from a checkpoint "
+                f"({why}). Start the run again in a new output.dir, or remove {path} to resume from an "
+                "earlier checkpoint")
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore adapter weights, optimizer, scheduler and RNG; return the number of steps done."""
+    """Restore adapter weights, optimizer, scheduler and RNG; return the number of steps done.
+    Reads JSON and safetensors only; refuses a checkpoint that holds a pickle file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _refuse_pickles(path)
+    missing = [n for n in (STATE_FILE, OPTIMIZER_FILE, RNG_FILE, "adapter/adapter_model.safetensors")
+               if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {', '.join(missing)}); remove it to resume "
+                              "from an earlier one, or start the run again")
+    try:
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        opt_tensors = load_file(str(path / OPTIMIZER_FILE))
+        rng_tensors = load_file(str(path / RNG_FILE))
+    except (ValueError, UnicodeDecodeError, SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(e).__name__}: {e}); remove it to resume from "
+                              "an earlier one") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}/{STATE_FILE}: format {state.get('format') if isinstance(state, dict) else '?'}"
+                              f", expected {FORMAT}; start the run again in a new output.dir")
     load_adapter_weights(model, path / "adapter")
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    try:
+        optimizer.load_state_dict(_join_optimizer(state["optimizer"], opt_tensors, optimizer.state_dict()))
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], rng_tensors)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the training state does not fit this run ({type(e).__name__}: {e}); "
+                              "was the recipe changed since? Start again in a new output.dir") from None
     return int(state["step"])

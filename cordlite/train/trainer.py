@@ -37,7 +37,8 @@ from cordlite.models.runtime import resolve_runtime
 from cordlite.objective.step import (ReferenceStore, Tokens, batch_examples, collect, compute_loss,
                                      generate_references)
 from cordlite.recipe import dump_recipe, recipe_to_dict
-from cordlite.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cordlite.train.checkpoint import (CheckpointError, clean_checkpoints, latest_checkpoint, load_checkpoint,
+                                      save_checkpoint)
 from cordlite.train.distributed import Dist, init_distributed
 
 METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
@@ -52,6 +53,14 @@ class TrainError(RuntimeError):
 
 
 class StopRequested(Exception):
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+class StopNow(BaseException):
+    """A second SIGINT/SIGTERM: stop at once, without saving (BaseException: nothing may catch it
+    on the way out, as with KeyboardInterrupt)."""
+
     def __init__(self, signum: int):
         self.signum = signum
 
@@ -75,7 +84,7 @@ class _Signals:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt
+            raise StopNow(signum)
         self.signum = signum
 
     def check(self) -> None:
@@ -203,6 +212,9 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     dist = init_distributed()
     run_dir = Path(recipe.output.dir)
     ckpt_root = run_dir / "checkpoints"
+    if dist.main:
+        for left in clean_checkpoints(ckpt_root):
+            print(f"removed {left}, left by a run that was killed", file=sys.stderr)
     existing = latest_checkpoint(ckpt_root)
     if existing is not None and not resume:
         raise TrainError(f"{run_dir} already holds checkpoints (latest {existing.name}); pass --resume to "
@@ -233,7 +245,10 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
         optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.schedule))
     done = 0
     if resume and existing is not None:
-        done = load_checkpoint(existing, model, optimizer, scheduler)
+        try:
+            done = load_checkpoint(existing, model, optimizer, scheduler)
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
         if dist.main:
             print(f"resuming from {existing} ({done} steps done)", file=sys.stderr)
     metrics_path = run_dir / "metrics.jsonl"
@@ -300,14 +315,27 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                     checkpoint(done)
         except StopRequested as stop:
             last = latest_checkpoint(ckpt_root)
-            if last is None or int(last.name.split("_")[1]) != done:
-                checkpoint(done)
+            saved = last is not None and int(last.name.split("_")[1]) == done
+            if done > 0 and not saved:
+                try:
+                    checkpoint(done)
+                except StopNow as again:  # a second signal while saving: the save is dropped whole
+                    _stopped_at_once(again.signum, ckpt_root, progress, dist)
             if progress is not None:
                 progress.close()
             if dist.main:
-                print(f"\n{signal.Signals(stop.signum).name}: saved a checkpoint after step {done} in "
-                      f"{ckpt_root}; continue with --resume", file=sys.stderr)
+                name = signal.Signals(stop.signum).name
+                if done == 0 and last is None:
+                    what = "stopped before the first step finished; nothing to save: run the same command again"
+                elif done == 0 or saved:
+                    what = (f"stopped; the checkpoint of step {done} in {ckpt_root} already holds every finished "
+                            "step; continue with --resume")
+                else:
+                    what = f"saved a checkpoint after step {done} in {ckpt_root}; continue with --resume"
+                print(f"\n{name}: {what}", file=sys.stderr)
             raise SystemExit(128 + stop.signum) from None
+        except StopNow as stop:
+            _stopped_at_once(stop.signum, ckpt_root, progress, dist)
         finally:
             if metrics is not None:
                 metrics.close()
@@ -317,6 +345,18 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
         save_adapter(model, run_dir / "adapter", {**meta, "steps": done})
     dist.barrier()
     return run_dir
+
+
+def _stopped_at_once(signum: int, ckpt_root: Path, progress, dist: Dist) -> None:
+    """A second SIGINT/SIGTERM: say what is kept and exit 128 + signum."""
+    if progress is not None:
+        progress.close()
+    if dist.main:
+        last = latest_checkpoint(ckpt_root)
+        where = (f"the last checkpoint is {last} (steps after it are lost); continue with --resume"
+                 if last is not None else "no checkpoint was written: run the same command again")
+        print(f"\nsecond {signal.Signals(signum).name}: stopped at once without saving; {where}", file=sys.stderr)
+    raise SystemExit(128 + signum) from None
 
 
 def _log(metrics, row: dict, progress) -> None:
