@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cordlite.cli_common import fail
+from cordlite.cli_common import Group, fail
 from cordlite.schema import ConfigError
 
 
@@ -29,7 +29,7 @@ overrides_option = click.option("--set", "overrides", multiple=True, metavar="KE
                                 help="Override a recipe field, e.g. --set train.max_steps=10 (repeatable).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cordlite")
 def main() -> None:
     """cordlite: close the audio-text gap of audio language models with CORD."""

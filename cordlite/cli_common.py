@@ -6,12 +6,49 @@ imports only click, so `cordlite --help` stays instant.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import click
+
+DEBUG_ENV = "CORDLITE_DEBUG"
+
+_FIXES = {
+    errno.EEXIST: "a file is in the way: choose another path or move that file",
+    errno.ENOTDIR: "a file is in the way where a directory is needed: choose another path or move that file",
+    errno.EISDIR: "that is a directory, a file is needed: give the file's path",
+    errno.EACCES: "not allowed: choose a directory you can write to, or fix its permissions",
+    errno.EPERM: "not allowed: choose a directory you can write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only: choose another directory",
+    errno.ENOSPC: "the disk is full: free some space and run the command again (training: with --resume)",
+    errno.ENOENT: "no such file or directory: check the path",
+}
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print `error: MESSAGE` on stderr and exit with `code` (2: bad usage or input, 1: the work failed)."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OS error on a file: the path, what happened, and the fix."""
+    where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+    what = e.strerror or str(e)
+    fix = _FIXES.get(e.errno or -1)
+    return f"{where + ': ' if where else ''}{what}{'; ' + fix if fix else ''}"
+
+
+class Group(click.Group):
+    """The command group: an OS error on a file a command was given (the output directory is a
+    file, not writable, the disk is full) ends in one line naming the path and the fix, exit
+    status 1, instead of a traceback. CORDLITE_DEBUG=1 shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            fail(f"{os_error_message(e)} (set {DEBUG_ENV}=1 for the traceback)", 1)

@@ -57,8 +57,14 @@ def read_manifest(path: str | Path, check_audio_exists: bool = True) -> list[Exa
     examples: list[Example] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"line {lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "save the manifest as UTF-8")
+                continue
             if not line.strip():
                 continue
             try:

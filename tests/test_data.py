@@ -122,6 +122,23 @@ def test_many_bad_rows_are_summarised(tmp_path: Path):
     assert "... and 5 more" in msg
 
 
+def test_non_utf8_bytes_name_the_line_and_a_byte_order_mark_is_fine(tmp_path: Path):
+    _wav(tmp_path / "ok.wav")
+    good = json.dumps({"id": "a", "audio_path": "ok.wav", "question": "Wie viel?"}).encode()
+    bad = json.dumps({"id": "b", "audio_path": "ok.wav", "question": "caf\u00e9"}, ensure_ascii=False)
+    bad = bad.encode("utf-8").replace("\u00e9".encode(), b"\xe9")  # latin-1's e-acute in otherwise UTF-8 JSON
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + bad + b"\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest(manifest)
+    msg = str(info.value)
+    assert str(manifest) in msg
+    assert re.search(r"line 2: not UTF-8 text \(byte 0xe9 at column \d+\); save the manifest as UTF-8", msg)
+    assert "line 1" not in msg  # the byte order mark of line 1 is read as UTF-8
+    manifest.write_bytes(b"\xef\xbb\xbf" + good + b"\n")
+    assert [e.id for e in read_manifest(manifest)] == ["a"]
+
+
 @pytest.mark.parametrize("content", ["", "\n\n  \n"])
 def test_empty_manifest_is_an_error(tmp_path: Path, content: str):
     manifest = tmp_path / "manifest.jsonl"

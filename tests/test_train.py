@@ -272,3 +272,43 @@ def test_training_refuses_audio_only_rows(tiny_model_dir, tiny_manifest, tmp_pat
     recipe = recipe_from_dict(tiny_raw(tiny_model_dir, manifest, tmp_path / "run"))
     with pytest.raises(TrainError, match=rf"text_view: false \(e.g. '{rows[1]['id']}'\)"):
         prepare_data(recipe, Dist())
+
+
+@pytest.mark.parametrize("where", ["is_a_file", "under_a_file"])
+def test_an_output_dir_in_the_way_of_a_file_is_one_line(tiny_model_dir, tiny_manifest, tmp_path, monkeypatch, where):
+    from click.testing import CliRunner
+
+    from cordlite.cli import main
+
+    blocker = tmp_path / "taken"
+    blocker.write_text("someone's notes\n")
+    out = blocker if where == "is_a_file" else blocker / "run"
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(yaml.safe_dump(tiny_raw(tiny_model_dir, tiny_manifest, out)))
+    monkeypatch.delenv("CORDLITE_DEBUG", raising=False)
+    result = CliRunner().invoke(main, ["train", str(recipe_path)])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"error: {blocker if where == 'is_a_file' else out}: ")
+    assert "a file is in the way" in line and "CORDLITE_DEBUG=1" in line
+    assert "Traceback" not in result.output
+    assert blocker.read_text() == "someone's notes\n"  # nothing already written is changed
+    monkeypatch.setenv("CORDLITE_DEBUG", "1")  # the traceback on request
+    debug = CliRunner().invoke(main, ["train", str(recipe_path)])
+    assert isinstance(debug.exception, OSError)
+
+
+def test_os_error_messages_name_the_path_and_the_fix():
+    import errno
+
+    from cordlite.cli_common import os_error_message
+
+    assert os_error_message(PermissionError(errno.EACCES, "Permission denied", "/data/run")) == (
+        "/data/run: Permission denied; not allowed: choose a directory you can write to, or fix its permissions")
+    assert os_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/run/metrics.jsonl")) == (
+        "/data/run/metrics.jsonl: No space left on device; the disk is full: free some space and run the command "
+        "again (training: with --resume)")
+    assert os_error_message(OSError(errno.EROFS, "Read-only file system", "/mnt/ro/run")).endswith(
+        "choose another directory")
+    assert os_error_message(OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")) == (
+        "/a -> /b: Invalid cross-device link")
