@@ -112,6 +112,68 @@ def has_text_view(ex: Example) -> bool:
     return ex.meta.get("text_view", True) is not False
 
 
+@dataclass
+class ClipCheck:
+    """What the headers of a manifest's clips say, read before any work (`check_clips`)."""
+
+    problems: list[str]
+    """One line per clip that cannot be used (unreadable, empty, too long)."""
+    resampled: list[str]
+    """Ids of clips at another rate than 16 kHz (resampled as read)."""
+    downmixed: list[str]
+    """Ids of clips with more than one channel (averaged to mono as read)."""
+
+    def notes(self) -> list[str]:
+        out = []
+        for ids, what in ((self.resampled, "not at 16 kHz: resampled as read"),
+                          (self.downmixed, "not mono: channels averaged as read")):
+            if ids:
+                out.append(f"{len(ids)} clip(s) {what} (e.g. {ids[0]!r}); `cordlite data check` lists them")
+        return out
+
+
+def check_clips(examples: list[Example], max_seconds: float, limit: str = "data.max_audio_seconds",
+                workers: int = 4) -> ClipCheck:
+    """Read every clip's header (not its samples): a clip that cannot be read, is empty or is
+    longer than `max_seconds` is a problem, reported with all the others before the first step,
+    instead of stopping a run at the step that first loads it. Rate and channel count are noted."""
+    import soundfile as sf
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(ex: Example):
+        try:
+            info = sf.info(str(ex.audio_path))
+        except (RuntimeError, sf.LibsndfileError, OSError, TypeError) as e:
+            return f"row {ex.id!r}: {ex.audio_path} cannot be read ({e}); convert it to 16 kHz mono WAV or drop the row"
+        if info.frames <= 0 or info.samplerate <= 0:
+            return f"row {ex.id!r}: {ex.audio_path} holds no samples; re-synthesise the clip or drop the row"
+        seconds = info.frames / info.samplerate
+        if seconds > max_seconds:
+            return (f"row {ex.id!r}: {ex.audio_path} is {seconds:.1f} s, longer than {limit} ({max_seconds} s); "
+                    "trim the clip or drop the row")
+        return info
+
+    problems, resampled, downmixed = [], [], []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for ex, res in zip(examples, pool.map(one, examples)):
+            if isinstance(res, str):
+                problems.append(res)
+                continue
+            if res.samplerate != 16000:
+                resampled.append(ex.id)
+            if res.channels != 1:
+                downmixed.append(ex.id)
+    return ClipCheck(problems, resampled, downmixed)
+
+
+def clip_problems_message(manifest: Path, problems: list[str], show: int = 20) -> str:
+    lines = [f"{manifest}: {len(problems)} clip(s) cannot be used; nothing was run:"]
+    lines += [f"  {p}" for p in problems[:show]]
+    if len(problems) > show:
+        lines.append(f"  ... and {len(problems) - show} more (`cordlite data check {manifest}` lists every one)")
+    return "\n".join(lines)
+
+
 class AudioCache:
     """Loads each clip once (16 kHz mono float32) and checks its length."""
 

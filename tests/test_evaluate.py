@@ -150,6 +150,24 @@ def test_eval_refuses_items_without_answers(tiny_manifest, tmp_path):
     assert res.exit_code == 1 and "1 row(s) have no `answer`" in res.output and "Traceback" not in res.output
 
 
+def test_eval_reports_a_late_too_long_clip_before_the_model_loads(tiny_manifest, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in tiny_manifest.read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["audio_path"] = str(tiny_manifest.parent / r["audio_path"])
+    sf.write(tmp_path / "long.wav", np.zeros(31 * 16000, dtype=np.float32), 16000)
+    rows.append({**rows[0], "id": "late", "audio_path": str(tmp_path / "long.wav")})
+    bad = tmp_path / "m.jsonl"
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = _run(["eval", bad, "--model", "nowhere", "--out", tmp_path / "o"])  # no model: it never gets that far
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{bad}: 1 clip(s) cannot be used; nothing was run:" in res.output
+    assert "row 'late': " in res.output and "is 31.0 s, longer than the audio window (30.0 s)" in res.output
+    assert not (tmp_path / "o").exists()
+
+
 # --------------------------------------------------------------------------- diagnose
 
 

@@ -69,3 +69,18 @@ def test_shipped_suite_parses(tmp_path, monkeypatch):
     s = load_suite(REPO / "recipes" / "suites" / "testbed_scratch_ablation.yaml", out=str(tmp_path / "o"))
     assert [m.name for m in s.methods] == ["control", "sft", "forward_kl", "grpo", "grpo_uniform_kl", "cord"]
     assert len(s.seeds) == 3 and s.eval_steps()[-1] == s.steps
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "suites").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_suite_and_its_method_recipes_build(path, tmp_path, monkeypatch):
+    """Each suite file parses, and every LoRA method's recipe (base recipe + overrides + budget)
+    passes the recipe checks (paths aside: the testbed is built later)."""
+    from cordlite.testbed.ablate import lora_recipe
+
+    monkeypatch.chdir(REPO)
+    s = load_suite(path, out=str(tmp_path / "o"))
+    assert len(s.seeds) == 3 and s.eval_steps()[-1] == s.steps
+    for m in s.methods:
+        if m.kind == "lora":
+            recipe = lora_recipe(s, m, s.seeds[0], tmp_path / m.name, check_paths=False)
+            assert recipe.train.max_steps == s.steps

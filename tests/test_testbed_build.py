@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cordlite.testbed.build import STAGES, TestbedConfig, build, read_marker
+from cordlite.testbed.build import STAGES, TestbedConfig, build, cpu_name, read_marker
 from cordlite.testbed.fit import FitConfig, fit_fingerprint, lr_factor
 from cordlite.testbed.stages import frame_token_labels
 
@@ -49,6 +49,20 @@ def test_lr_factor_warmup_then_constant_or_linear_decay():
         FitConfig(schedule="cosine")
     # The default schedule is not in the stage fingerprint (builds from before the field stay valid).
     assert "schedule" not in fit_fingerprint(const) and fit_fingerprint(lin)["schedule"] == "linear"
+
+
+def test_cpu_name_from_cpuinfo_or_the_platform(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
+    assert cpu_name(info) == "AMD EPYC 9654 96-Core Processor"
+    # No file (macOS, Windows) or no model name: the platform's word for it, never an error.
+    import platform
+
+    fallback = platform.processor() or platform.machine()
+    assert cpu_name(tmp_path / "missing") == fallback
+    (tmp_path / "empty").write_text("processor\t: 0\n")
+    assert cpu_name(tmp_path / "empty") == fallback
 
 
 def test_toy_build_artefacts(toy_build):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from cordlite.data import AudioCache, encode_views, read_manifest
+from cordlite.data import AudioCache, ManifestError, encode_views, read_manifest
 from cordlite.models.load import load_base
 from cordlite.models.lora import adapters_off, attach_lora
 from cordlite.models.runtime import resolve_runtime
@@ -312,3 +312,36 @@ def test_os_error_messages_name_the_path_and_the_fix():
         "choose another directory")
     assert os_error_message(OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")) == (
         "/a -> /b: Invalid cross-device link")
+
+
+def test_a_late_bad_clip_stops_the_run_before_the_first_step(tiny_model_dir, tiny_manifest, tmp_path, capsys):
+    """Every clip's header is read before the model loads: a 45 s clip on the last row and an
+    unreadable one are both reported at once, nothing is written; 8 kHz stereo is noted once."""
+    import numpy as np
+    import soundfile as sf
+
+    rows = [json.loads(line) for line in tiny_manifest.read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["audio_path"] = str((tiny_manifest.parent / r["audio_path"]).resolve())
+    sf.write(tmp_path / "long.wav", np.zeros(45 * 16000, dtype=np.float32), 16000)
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")  # a header cut short
+    sf.write(tmp_path / "stereo8k.wav", np.full((8000, 2), 0.1, dtype=np.float32), 8000)
+    extra = [{**rows[0], "id": "late-long", "audio_path": str(tmp_path / "long.wav")},
+             {**rows[0], "id": "late-broken", "audio_path": str(tmp_path / "broken.wav")}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
+    raw = tiny_raw(tiny_model_dir, manifest, tmp_path / "run")
+    with pytest.raises(ManifestError) as info:
+        train(recipe_from_dict(raw))
+    msg = str(info.value)
+    assert msg.startswith(f"{manifest}: 2 clip(s) cannot be used; nothing was run:")
+    assert "row 'late-long': " in msg and "is 45.0 s, longer than data.max_audio_seconds (30.0 s)" in msg
+    assert "row 'late-broken': " in msg and "cannot be read" in msg
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows
+                                + [{**rows[0], "id": "late-8k", "audio_path": str(tmp_path / "stereo8k.wav")}]))
+    train(recipe_from_dict(raw, overrides=["train.max_steps=1"]))
+    err = capsys.readouterr().err
+    assert err.count("1 clip(s) not at 16 kHz: resampled as read (e.g. 'late-8k')") == 1
+    assert err.count("1 clip(s) not mono: channels averaged as read (e.g. 'late-8k')") == 1

@@ -204,7 +204,7 @@ def _generate_missing(s: EvalSettings, model_path: str, examples: list, done: se
 
 def run_eval(s: EvalSettings) -> dict:
     """Answer, score and summarise; returns the summary (also written to OUT/summary.json)."""
-    from cordlite.data import read_manifest
+    from cordlite.data import AudioCache, check_clips, clip_problems_message, read_manifest
 
     if s.batch_size < 1 or s.max_new_tokens < 1 or s.temperature < 0 or not 0 < s.top_p <= 1:
         raise EvalError("--batch-size and --max-new-tokens must be >= 1, --temperature >= 0 (0 = greedy), "
@@ -220,6 +220,11 @@ def run_eval(s: EvalSettings) -> dict:
                         f"use one of {', '.join(EXTRACTION_MODES)} or drop the field (the judge decides)")
     if s.limit is not None:
         examples = examples[: s.limit]
+    clips = check_clips(examples, AudioCache().max_seconds, limit="the audio window")  # headers only: every bad clip before the model loads
+    if clips.problems:
+        raise EvalError(clip_problems_message(Path(s.manifest), clips.problems))
+    for note in clips.notes():
+        print(f"note: {s.manifest}: {note}", file=sys.stderr)
     baseline = load_baseline(s.baseline) if s.baseline else None
     model_path = resolve_model(s.model, s.adapter)
     out = Path(s.out)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from cordlite.files import write_text_atomic
 from cordlite.models.audio_view import FrameCache
+from cordlite.testbed.build import cpu_name
 from cordlite.testbed.frames import pretrained_build, split_frames, store_path
 from cordlite.testbed.suite import Method, Suite, SuiteError
 from cordlite.testbed.summary import base_scores, summarize, write_outputs
@@ -307,7 +308,7 @@ def run_suite(suite: Suite) -> dict:
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this call; cached runs cost nothing
     summary["runs_cached"] = sum(bool(r.get("cached")) for r in results)
     summary["run_seconds_total"] = round(sum(r["seconds"] for r in results), 1)  # as first run, cached included
-    summary["machine"] = {"cpu_count": os.cpu_count(), "jobs": suite.jobs, "torch_threads_per_job": threads,
+    summary["machine"] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "jobs": suite.jobs, "torch_threads_per_job": threads,
                           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "load_average_start": load0,
                           "load_average_end": os.getloadavg()[0] if load0 is not None else None}

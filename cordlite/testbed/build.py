@@ -161,6 +161,19 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def cpu_name(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo's "model name"), else platform.processor() or the
+    architecture: results of runs on different CPUs differ in the last digits (docs/testbed.md)."""
+    try:
+        for line in Path(cpuinfo).read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def read_marker(path: Path) -> dict | None:
     try:
         data = json.loads((path / MARKER).read_text(encoding="utf-8"))
@@ -445,7 +458,7 @@ class Builder:
 
         record = {"out": str(self.out), "config": _config_dict(self.cfg), "stages": self.records,
                   "total_stage_seconds": round(sum(r.get("seconds", 0) for r in self.records.values()), 1),
-                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": self.threads,
+                  "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": self.threads,
                               "platform": platform.platform(), "python": platform.python_version(),
                               "torch": torch.__version__, "transformers": transformers.__version__}}
         _write_json(self.out / "build.json", record)

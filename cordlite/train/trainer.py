@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from cordlite.config import Recipe
-from cordlite.data import AudioCache, Example, batch_indices, encode_views, has_text_view, read_manifest, text_views
+from cordlite.data import (AudioCache, Example, ManifestError, batch_indices, check_clips, clip_problems_message,
+                           encode_views, has_text_view, read_manifest, text_views)
 from cordlite.files import sha256_file, write_text_atomic
 from cordlite.judge.rewards import judge_for_recipe
 from cordlite.models.adapter import save_adapter
@@ -151,6 +152,12 @@ def prepare_data(recipe: Recipe, dist: Dist) -> list[Example]:
         raise TrainError(f"{manifest}: {len(audio_only)} row(s) have text_view: false (e.g. {audio_only[0]!r}); "
                          "CORD's teacher is the text view, so train on rows that have one and keep audio-only "
                          "items (such as MMAU) for cordlite eval")
+    clips = check_clips(examples, recipe.data.max_audio_seconds)  # headers only: every bad clip before step 1
+    if clips.problems:
+        raise ManifestError(clip_problems_message(manifest, clips.problems))
+    if dist.main:
+        for note in clips.notes():
+            print(f"note: {manifest}: {note}", file=sys.stderr)
     return examples
 
 
