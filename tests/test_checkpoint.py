@@ -144,6 +144,20 @@ def test_the_cli_refuses_it_in_one_line(two_step_run, tmp_path):
     assert not marker.exists()
 
 
+def test_a_checkpoint_cut_short_is_refused_with_the_fix(two_step_run, tmp_path):
+    import shutil
+
+    raw, run = two_step_run
+    copy = tmp_path / "copied_run"
+    shutil.copytree(run, copy)
+    opt = copy / "checkpoints" / "step_000002" / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[: opt.stat().st_size // 2])
+    recipe = recipe_from_dict(raw, overrides=[f"output.dir={copy}", "train.max_steps=3"])
+    with pytest.raises(TrainError, match=r"step_000002: damaged checkpoint \(.*\); remove it to resume from an "
+                                         r"earlier one"):
+        train(recipe, resume=True)
+
+
 def test_leftovers_of_killed_processes_are_removed_and_a_live_writers_are_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
