@@ -191,6 +191,9 @@ class AudioCache:
                                  f"{self.max_seconds}; trim the clip or drop row {ex.id!r}")
             if len(audio) == 0:
                 raise AudioError(f"{ex.audio_path}: the clip is empty; re-synthesise row {ex.id!r}")
+            if not np.isfinite(audio).all():
+                raise AudioError(f"{ex.audio_path}: the clip holds NaN or infinite samples; re-synthesise row "
+                                 f"{ex.id!r} or drop it (`cordlite data check` finds every such clip)")
             self._cache[ex.audio_path] = audio
         return audio
 

@@ -3,7 +3,7 @@
     cordlite data check data/gsm8k_spoken/manifest.jsonl          # writes check.json beside it
 
 Problems (exit status 1): unreadable JSON, missing or empty id/audio_path/question, bad
-choices, duplicate ids, missing or undecodable audio, a sample rate other than 16 kHz,
+choices, duplicate ids, missing or undecodable audio, NaN or infinite samples, a sample rate other than 16 kHz,
 more than one channel, silence, clips longer than the model takes (Qwen2-Audio: 30 s) or
 shorter than a spoken question can be. Warnings (exit status 0): a `duration` field that
 disagrees with the file. Finally the manifest goes through cordlite.data.read_manifest, the
@@ -63,6 +63,8 @@ def _check_audio(path: Path, limits: CheckLimits) -> tuple[list[tuple[str, str]]
         found.append(("channels", f"{info.channels} channels, expected mono"))
     if data.shape[0] == 0:
         return found + [("empty", "no samples")], 0.0
+    if not np.isfinite(data).all():
+        return found + [("not_finite", f"{int((~np.isfinite(data)).sum())} NaN or infinite samples")], seconds
     if seconds > limits.max_seconds:
         found.append(("too_long", f"{seconds:.2f} s > {limits.max_seconds} s"))
     if seconds < limits.min_seconds:

@@ -29,6 +29,9 @@ def _bad_manifest(root: Path) -> Path:
     sf.write(audio / "long.wav", _tone(31.0), 16000)
     sf.write(audio / "short.wav", _tone(0.1), 16000)
     (audio / "garbage.wav").write_bytes(b"RIFF but not really audio" * 4)
+    nan = _tone(1.0)
+    nan[[10, 20]] = np.nan
+    sf.write(audio / "nan.wav", nan, 16000, subtype="FLOAT")
     rows = [
         {"id": "good", "audio_path": "audio/good.wav", "question": "q", "duration": 1.0},      # 1
         {"id": "rate", "audio_path": "audio/rate.wav", "question": "q"},                       # 2
@@ -43,6 +46,7 @@ def _bad_manifest(root: Path) -> Path:
         {"id": "noq", "audio_path": "audio/good.wav"},                                         # 11
         {"id": "badc", "audio_path": "audio/good.wav", "question": "q", "choices": "a, b"},    # 12
         {"id": "drift", "audio_path": "audio/good.wav", "question": "q", "duration": 2.5},     # 13
+        {"id": "nan", "audio_path": "audio/nan.wav", "question": "q"},                         # 14
     ]
     path = root / "manifest.jsonl"
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
@@ -55,11 +59,12 @@ def test_check_finds_every_kind_of_problem(tmp_path: Path) -> None:
     assert found == {
         (2, "sample_rate"), (3, "channels"), (4, "silence"), (5, "too_long"), (6, "too_short"),
         (7, "unreadable"), (8, "missing_file"), (9, "duplicate_id"), (10, "json"), (11, "schema"),
-        (12, "schema"),
+        (12, "schema"), (14, "not_finite"),
     }
     assert not report["ok"]
     assert [(w["line"], w["kind"]) for w in report["warnings"]] == [(13, "duration_mismatch")]
     assert report["counts"]["schema"] == 2
+    assert next(p["detail"] for p in report["problems"] if p["kind"] == "not_finite") == "2 NaN or infinite samples"
     assert "8000 Hz, expected 16000 Hz" in next(p["detail"] for p in report["problems"] if p["kind"] == "sample_rate")
 
 
@@ -82,8 +87,8 @@ def test_cli_check_exit_codes_and_report(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["data", "check", str(bad), "--show", "3"])
     assert res.exit_code == 1
-    assert "11 problem(s)" in res.output and "line 2 id=rate: sample_rate" in res.output
-    assert "... and 8 more in the report" in res.output
+    assert "12 problem(s)" in res.output and "line 2 id=rate: sample_rate" in res.output
+    assert "... and 9 more in the report" in res.output
     assert not json.loads((tmp_path / "bad" / "check.json").read_text())["ok"]
 
     good_dir = tmp_path / "good"

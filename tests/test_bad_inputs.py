@@ -1,0 +1,112 @@
+"""Bad input to `cordlite train`, as a table: each case ends with its exit status and one `error:`
+line naming the file or field and the fix, no traceback, and no file that existed before is
+changed or removed. The cases that can be seen without the model are seen before it loads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+
+def _rows(manifest: Path) -> list[dict]:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    for r in rows:
+        r["audio_path"] = str((manifest.parent / r["audio_path"]).resolve())
+    return rows
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _with_clip(tmp: Path, rows: list[dict], name: str, samples: np.ndarray | None, raw: bytes | None = None,
+               first: bool = False) -> Path:
+    clip = tmp / name
+    if raw is not None:
+        clip.write_bytes(raw)
+    else:
+        sf.write(clip, samples, 16000, subtype="FLOAT")
+    bad = [{**rows[0], "id": f"bad-{i}", "audio_path": str(clip)} for i in range(2)]
+    return _write(tmp / "m.jsonl", bad + rows if first else rows + bad)
+
+
+def case_non_utf8(tmp, rows):
+    good = json.dumps(rows[0]).encode()
+    bad = json.dumps({**rows[1], "question": "caf\u00e9"}, ensure_ascii=False).encode().replace(
+        "\u00e9".encode(), b"\xe9")
+    (tmp / "m.jsonl").write_bytes(good + b"\n" + bad + b"\n")
+    return tmp / "m.jsonl", {}, ["m.jsonl", "line 2: not UTF-8 text (byte 0xe9", "save the manifest as UTF-8"]
+
+
+def case_output_dir_is_a_file(tmp, rows):
+    (tmp / "out").write_text("not a directory\n")
+    return _write(tmp / "m.jsonl", rows), {"output": str(tmp / "out")}, ["out: ", "a file is in the way"]
+
+
+def case_truncated_wav_header(tmp, rows):
+    return (_with_clip(tmp, rows, "cut.wav", None, raw=b"RIFF\x24\x00\x00\x00WAVEfmt "), {},
+            ["cut.wav cannot be read", "convert it to 16 kHz mono WAV or drop the row", "nothing was run"])
+
+
+def case_zero_length_clip(tmp, rows):
+    return (_with_clip(tmp, rows, "empty.wav", np.zeros(0, dtype=np.float32)), {},
+            ["empty.wav holds no samples", "re-synthesise the clip or drop the row"])
+
+
+def case_too_long_on_the_last_rows(tmp, rows):
+    return (_with_clip(tmp, rows, "long.wav", np.zeros(31 * 16000, dtype=np.float32)), {},
+            ["long.wav is 31.0 s, longer than data.max_audio_seconds (30.0 s)", "trim the clip or drop the row"])
+
+
+def case_nan_samples(tmp, rows):
+    samples = np.full(16000, 0.1, dtype=np.float32)
+    samples[100] = np.nan
+    return (_with_clip(tmp, rows, "nan.wav", samples, first=True), {},
+            ["nan.wav: the clip holds NaN or infinite samples", "cordlite data check"])
+
+
+CASES = [case_non_utf8, case_output_dir_is_a_file, case_truncated_wav_header, case_zero_length_clip,
+         case_too_long_on_the_last_rows, case_nan_samples]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+def test_bad_input_is_one_line_with_the_fix(case, tiny_model_dir, tiny_manifest, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cordlite.cli import main
+
+    monkeypatch.delenv("CORDLITE_DEBUG", raising=False)
+    manifest, extra, expected = case(tmp_path, _rows(tiny_manifest))
+    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "shuffle": False},
+           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3},
+           "train": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
+           "output": {"dir": extra.get("output", str(tmp_path / "run")), "progress": False}}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    before = _snapshot(tmp_path)
+    result = CliRunner().invoke(main, ["train", str(recipe)])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    message = result.output[result.output.index("error: "):]
+    for piece in expected:
+        assert piece in message, (piece, message)
+    after = _snapshot(tmp_path)
+    assert {k: after.get(k) for k in before} == before  # nothing that existed was changed or removed
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    assert not metrics.exists() or metrics.read_text() == ""  # no step ran (NaN is seen as the clip is read)
