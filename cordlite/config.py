@@ -91,6 +91,10 @@ class DataConfig:
     """Clips longer than this are refused at load (Qwen2-Audio's encoder sees at most 30 s)."""
     shuffle: bool = True
     """Seeded reshuffle every epoch; False walks the manifest in order."""
+    skip_bad_rows: bool = False
+    """Drop rows that fail the manifest or clip checks instead of stopping (for large real data
+    sets): each is listed with its reason in RUN/skipped_rows.jsonl, and every metrics row counts
+    them (rows_skipped). A manifest with no good row still stops."""
     frames: str | None = None
     """A frame store of the manifest's clips (safetensors, cordlite.models.audio_view.FrameCache;
     on the testbed OUT/frames/<split>.safetensors, made by `cordlite testbed frames`): the frozen

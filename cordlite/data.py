@@ -48,8 +48,9 @@ class Example:
 REQUIRED = ("id", "audio_path", "question")
 
 
-def read_manifest(path: str | Path, check_audio_exists: bool = True) -> list[Example]:
-    """Parse a manifest; every bad line is reported at once with its line number."""
+def read_manifest(path: str | Path, check_audio_exists: bool = True, skipped: list[str] | None = None) -> list[Example]:
+    """Parse a manifest; every bad line is reported at once with its line number. With `skipped`
+    (a list), bad lines are appended there and left out instead."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; create it with data_tools or fix data.train_manifest")
@@ -99,7 +100,9 @@ def read_manifest(path: str | Path, check_audio_exists: bool = True) -> list[Exa
             answer = row.get("answer")
             meta = {k: v for k, v in row.items() if k not in (*REQUIRED, "answer", "choices")}
             examples.append(Example(row["id"], audio, row["question"], None if answer is None else str(answer), choices, meta))
-    if problems:
+    if problems and skipped is not None and examples:
+        skipped.extend(problems)
+    elif problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise ManifestError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(shown))
     if not examples:
@@ -118,6 +121,8 @@ class ClipCheck:
 
     problems: list[str]
     """One line per clip that cannot be used (unreadable, empty, too long)."""
+    bad_ids: list[str]
+    """The ids of those rows, in the same order."""
     resampled: list[str]
     """Ids of clips at another rate than 16 kHz (resampled as read)."""
     downmixed: list[str]
@@ -153,17 +158,18 @@ def check_clips(examples: list[Example], max_seconds: float, limit: str = "data.
                     "trim the clip or drop the row")
         return info
 
-    problems, resampled, downmixed = [], [], []
+    problems, bad_ids, resampled, downmixed = [], [], [], []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for ex, res in zip(examples, pool.map(one, examples)):
             if isinstance(res, str):
                 problems.append(res)
+                bad_ids.append(ex.id)
                 continue
             if res.samplerate != 16000:
                 resampled.append(ex.id)
             if res.channels != 1:
                 downmixed.append(ex.id)
-    return ClipCheck(problems, resampled, downmixed)
+    return ClipCheck(problems, bad_ids, resampled, downmixed)
 
 
 def clip_problems_message(manifest: Path, problems: list[str], show: int = 20) -> str:

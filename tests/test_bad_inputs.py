@@ -110,3 +110,32 @@ def test_bad_input_is_one_line_with_the_fix(case, tiny_model_dir, tiny_manifest,
     assert {k: after.get(k) for k in before} == before  # nothing that existed was changed or removed
     metrics = tmp_path / "run" / "metrics.jsonl"
     assert not metrics.exists() or metrics.read_text() == ""  # no step ran (NaN is seen as the clip is read)
+
+
+def test_skip_bad_rows_trains_on_the_rest_and_lists_what_it_left_out(tiny_model_dir, tiny_manifest, tmp_path,
+                                                                      capsys):
+    from cordlite.recipe import recipe_from_dict
+    from cordlite.train.trainer import train
+
+    rows = _rows(tiny_manifest)
+    sf.write(tmp_path / "long.wav", np.zeros(31 * 16000, dtype=np.float32), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n"
+                        + json.dumps({**rows[0], "id": "gone", "audio_path": str(tmp_path / "gone.wav")}) + "\n"
+                        + json.dumps({**rows[0], "id": "long", "audio_path": str(tmp_path / "long.wav")}) + "\n")
+    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "skip_bad_rows": True},
+           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3},
+           "train": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
+           "output": {"dir": str(tmp_path / "run"), "progress": False}}
+    train(recipe_from_dict(raw))
+    listed = [json.loads(line)["reason"] for line in (tmp_path / "run" / "skipped_rows.jsonl").read_text().splitlines()]
+    n = len(rows)
+    assert listed[0].startswith(f"line {n + 1}: not valid JSON")
+    assert listed[1].startswith(f"line {n + 2}: audio_path") and "not found" in listed[1]
+    assert listed[2].startswith("row 'long': ") and "longer than data.max_audio_seconds" in listed[2]
+    assert len(listed) == 3
+    assert f"skipped 3 bad row(s) (data.skip_bad_rows)" in capsys.readouterr().err
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["rows_skipped"] == 3 and not {"gone", "long"} & set(row["prompt_ids"])

@@ -146,15 +146,28 @@ def prepare_data(recipe: Recipe, dist: Dist) -> list[Example]:
         if made != manifest:
             raise TrainError(f"data.train_manifest: the tiny set is written as {made}; set train_manifest to that path")
     dist.barrier()
-    examples = read_manifest(manifest)
+    skipped: list[str] | None = [] if recipe.data.skip_bad_rows else None
+    examples = read_manifest(manifest, skipped=skipped)
     audio_only = [ex.id for ex in examples if not has_text_view(ex)]
     if audio_only:
         raise TrainError(f"{manifest}: {len(audio_only)} row(s) have text_view: false (e.g. {audio_only[0]!r}); "
                          "CORD's teacher is the text view, so train on rows that have one and keep audio-only "
                          "items (such as MMAU) for cordlite eval")
     clips = check_clips(examples, recipe.data.max_audio_seconds)  # headers only: every bad clip before step 1
-    if clips.problems:
+    if clips.problems and skipped is not None:
+        bad = set(clips.bad_ids)
+        examples = [ex for ex in examples if ex.id not in bad]
+        skipped.extend(clips.problems)
+        if not examples:
+            raise ManifestError(clip_problems_message(manifest, clips.problems))
+    elif clips.problems:
         raise ManifestError(clip_problems_message(manifest, clips.problems))
+    if skipped is not None and dist.main:  # written every time, so a fixed manifest leaves no stale list
+        out = Path(recipe.output.dir) / "skipped_rows.jsonl"
+        write_text_atomic(out, "".join(json.dumps({"reason": r}) + "\n" for r in skipped))
+    if skipped and dist.main:
+        print(f"note: {manifest}: skipped {len(skipped)} bad row(s) (data.skip_bad_rows), listed in {out}; "
+              f"training on the other {len(examples)}", file=sys.stderr)
     if dist.main:
         for note in clips.notes():
             print(f"note: {manifest}: {note}", file=sys.stderr)
@@ -233,6 +246,9 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     torch.manual_seed(recipe.train.seed)
 
     examples = prepare_data(recipe, dist)
+    skipped_path = run_dir / "skipped_rows.jsonl"
+    rows_skipped = (len(skipped_path.read_text(encoding="utf-8").splitlines())
+                    if recipe.data.skip_bad_rows and dist.main else None)
     if recipe.model.create_tiny_if_missing and dist.main:
         from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
 
@@ -317,6 +333,8 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                     row.update(step=done, lr=lr, grad_norm=grad_norm, optimizer_s=time.perf_counter() - t1,
                                step_seconds=time.perf_counter() - t0, world_size=dist.world,
                                global_batch=len(indices), prompt_ids=[examples[i].id for i in indices])
+                    if rows_skipped is not None:
+                        row["rows_skipped"] = rows_skipped
                     _log(metrics, row, progress)
                 if done % recipe.output.save_every == 0 or done == t.max_steps:
                     checkpoint(done)
