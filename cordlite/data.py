@@ -172,11 +172,31 @@ def check_clips(examples: list[Example], max_seconds: float, limit: str = "data.
     return ClipCheck(problems, bad_ids, resampled, downmixed)
 
 
-def clip_problems_message(manifest: Path, problems: list[str], show: int = 20) -> str:
-    lines = [f"{manifest}: {len(problems)} clip(s) cannot be used; nothing was run:"]
+def prompt_length_problems(processor, examples: list[Example], instruction: str, system_prompt: str | None,
+                           new_tokens: int, limit: int) -> list[str]:
+    """Rows whose text-view prompt plus `new_tokens` of answer exceed the language model's context
+    (`limit` positions): one line each, found before the first step, not in it."""
+    from cordlite.prompts import text_view_messages
+
+    out = []
+    for start in range(0, len(examples), 256):
+        chunk = examples[start : start + 256]
+        prompts = [processor.apply_chat_template(text_view_messages(ex.question, instruction, system_prompt),
+                                                 add_generation_prompt=True, tokenize=False) for ex in chunk]
+        for ex, ids in zip(chunk, processor.tokenizer(prompts)["input_ids"]):
+            if len(ids) + new_tokens > limit:
+                out.append(f"row {ex.id!r}: its text-view prompt is {len(ids)} tokens; with rollout.max_new_tokens="
+                           f"{new_tokens} that is over the model's {limit} positions; shorten the question "
+                           "(or drop the row)")
+    return out
+
+
+def clip_problems_message(manifest: Path, problems: list[str], show: int = 20, what: str = "clip(s)") -> str:
+    lines = [f"{manifest}: {len(problems)} {what} cannot be used; nothing was run:"]
     lines += [f"  {p}" for p in problems[:show]]
     if len(problems) > show:
-        lines.append(f"  ... and {len(problems) - show} more (`cordlite data check {manifest}` lists every one)")
+        where = f"`cordlite data check {manifest}` lists every one" if what == "clip(s)" else "the first shown"
+        lines.append(f"  ... and {len(problems) - show} more ({where})")
     return "\n".join(lines)
 
 

@@ -72,7 +72,15 @@ def case_nan_samples(tmp, rows):
             ["nan.wav: the clip holds NaN or infinite samples", "cordlite data check"])
 
 
-CASES = [case_non_utf8, case_output_dir_is_a_file, case_truncated_wav_header, case_zero_length_clip,
+def case_question_over_the_context(tmp, rows):
+    # 10,000 characters of question and room for 8,000 new tokens: over the tiny model's 8,192 positions
+    long_q = {**rows[1], "id": "essay", "question": ("How many apples are left if Sam eats two? " * 250)[:10_000]}
+    return (_write(tmp / "m.jsonl", rows + [long_q]), {"max_new_tokens": 8000},
+            ["1 row(s) cannot be used", "row 'essay': its text-view prompt is", "over the model's 8192 positions",
+             "shorten the question"])
+
+
+CASES = [case_question_over_the_context, case_non_utf8, case_output_dir_is_a_file, case_truncated_wav_header, case_zero_length_clip,
          case_too_long_on_the_last_rows, case_nan_samples]
 
 
@@ -92,7 +100,7 @@ def test_bad_input_is_one_line_with_the_fix(case, tiny_model_dir, tiny_manifest,
     raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
            "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "shuffle": False},
-           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3},
+           "rollout": {"max_new_tokens": extra.get("max_new_tokens", 4), "group_size": 2}, "loss": {"top_k": 3},
            "train": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
            "output": {"dir": extra.get("output", str(tmp_path / "run")), "progress": False}}
     recipe = tmp_path / "r.yaml"
@@ -139,3 +147,30 @@ def test_skip_bad_rows_trains_on_the_rest_and_lists_what_it_left_out(tiny_model_
     assert f"skipped 3 bad row(s) (data.skip_bad_rows)" in capsys.readouterr().err
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["rows_skipped"] == 3 and not {"gone", "long"} & set(row["prompt_ids"])
+
+
+def test_odd_but_valid_rows_train_with_a_note(tiny_model_dir, tiny_manifest, tmp_path, capsys):
+    """A 96 kHz 6-channel clip (resampled and averaged, noted once), a 2 MB JSONL line (an extra
+    field) and a 10,000-character question that fits the context: all used, no error."""
+    from cordlite.recipe import recipe_from_dict
+    from cordlite.train.trainer import train
+
+    rows = _rows(tiny_manifest)
+    t = np.arange(96000) / 96000
+    sf.write(tmp_path / "hd.wav", np.stack([0.2 * np.sin(2 * np.pi * 220 * t)] * 6, axis=1).astype(np.float32), 96000)
+    odd = [{**rows[0], "id": "hd", "audio_path": str(tmp_path / "hd.wav")},
+           {**rows[1], "id": "huge", "notes": "x" * 2_000_000},
+           {**rows[2], "id": "essay", "question": ("How many apples are left if Sam eats two? " * 250)[:10_000]}]
+    manifest = _write(tmp_path / "m.jsonl", odd)
+    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "shuffle": False},
+           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3},
+           "train": {"max_steps": 1, "batch_size": 3, "micro_batch_size": 3, "seed": 0},
+           "output": {"dir": str(tmp_path / "run"), "progress": False}}
+    train(recipe_from_dict(raw))
+    err = capsys.readouterr().err
+    assert "1 clip(s) not at 16 kHz: resampled as read (e.g. 'hd')" in err
+    assert "1 clip(s) not mono: channels averaged as read (e.g. 'hd')" in err
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert sorted(row["prompt_ids"]) == ["essay", "hd", "huge"]

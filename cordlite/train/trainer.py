@@ -27,7 +27,7 @@ import torch
 
 from cordlite.config import Recipe
 from cordlite.data import (AudioCache, Example, ManifestError, batch_indices, check_clips, clip_problems_message,
-                           encode_views, has_text_view, read_manifest, text_views)
+                           encode_views, has_text_view, prompt_length_problems, read_manifest, text_views)
 from cordlite.files import sha256_file, write_text_atomic
 from cordlite.judge.rewards import judge_for_recipe
 from cordlite.models.adapter import save_adapter
@@ -258,6 +258,13 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     model = attach_lora(model, recipe.lora, rt, seed=recipe.train.seed)
     tokenizer = processor.tokenizer
     tokens = Tokens.of(model, tokenizer)
+    config = getattr(model.config, "text_config", None) or model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit:  # every prompt that cannot fit, before the first step
+        too_long = prompt_length_problems(processor, examples, recipe.data.instruction, recipe.data.system_prompt,
+                                          recipe.rollout.max_new_tokens, int(limit))
+        if too_long:
+            raise ManifestError(clip_problems_message(Path(recipe.data.train_manifest), too_long, what="row(s)"))
     if dist.main:
         write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
 
