@@ -52,3 +52,8 @@ class Group(click.Group):
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
             fail(f"{os_error_message(e)} (set {DEBUG_ENV}=1 for the traceback)", 1)
+        except UnicodeDecodeError as e:  # a file given that is not UTF-8, where no reader named it
+            if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start}: 0x{e.object[e.start]:02x}); "
+                 f"save it as UTF-8 (set {DEBUG_ENV}=1 for the traceback to see which)", 1)

@@ -211,7 +211,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), c
     if not path.is_file():
         raise ConfigError(str(path), ["file not found; pass the path of a recipe YAML such as recipes/tiny_cpu.yaml"])
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), [f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                                      "save the recipe as UTF-8"]) from None
     except yaml.YAMLError as e:
         raise ConfigError(str(path), [f"not valid YAML: {e}"]) from None
     return recipe_from_dict(raw, str(path), overrides, check_paths)

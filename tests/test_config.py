@@ -240,6 +240,9 @@ def test_missing_file_and_bad_yaml(tmp_path: Path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_recipe(bad)
+    bad.write_bytes(b"model:\n  name_or_path: caf\xe9\n")  # latin-1
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 26\); save the recipe as UTF-8"):
+        load_recipe(bad)
 
 
 def test_a_field_that_failed_to_parse_is_not_reported_twice():

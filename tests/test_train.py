@@ -314,6 +314,27 @@ def test_os_error_messages_name_the_path_and_the_fix():
         "/a -> /b: Invalid cross-device link")
 
 
+def test_an_encoding_error_no_reader_named_is_one_line(monkeypatch):
+    import click
+    from click.testing import CliRunner
+
+    from cordlite.cli_common import Group
+
+    @click.group(cls=Group)
+    def cli():
+        pass
+
+    @cli.command()
+    def read():
+        b"caf\xe9".decode("utf-8")
+
+    monkeypatch.delenv("CORDLITE_DEBUG", raising=False)
+    res = CliRunner().invoke(cli, ["read"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.output.startswith("error: a file given is not UTF-8 text (unexpected end of data at byte 3: 0xe9); "
+                                 "save it as UTF-8")
+
+
 def test_a_late_bad_clip_stops_the_run_before_the_first_step(tiny_model_dir, tiny_manifest, tmp_path, capsys):
     """Every clip's header is read before the model loads: a 45 s clip on the last row and an
     unreadable one are both reported at once, nothing is written; 8 kHz stereo is noted once."""
