@@ -178,11 +178,21 @@ def prompt_length_problems(processor, examples: list[Example], instruction: str,
     (`limit` positions): one line each, found before the first step, not in it."""
     from cordlite.prompts import text_view_messages
 
+    def prompt(question: str) -> str:
+        return processor.apply_chat_template(text_view_messages(question, instruction, system_prompt),
+                                             add_generation_prompt=True, tokenize=False)
+
+    # Cheap first: the template's own tokens plus each question's (one batched tokenizer call, no
+    # template per row). Only rows within a margin of the limit get their exact prompt: tokens can
+    # merge differently where the question meets the template, by a token or two, not 16.
+    overhead = len(processor.tokenizer(prompt(""))["input_ids"])
+    lengths = [len(ids) for ids in processor.tokenizer([ex.question for ex in examples],
+                                                       add_special_tokens=False)["input_ids"]]
+    near = [ex for ex, n in zip(examples, lengths) if overhead + n + new_tokens > limit - 16]
     out = []
-    for start in range(0, len(examples), 256):
-        chunk = examples[start : start + 256]
-        prompts = [processor.apply_chat_template(text_view_messages(ex.question, instruction, system_prompt),
-                                                 add_generation_prompt=True, tokenize=False) for ex in chunk]
+    for start in range(0, len(near), 256):
+        chunk = near[start : start + 256]
+        prompts = [prompt(ex.question) for ex in chunk]
         for ex, ids in zip(chunk, processor.tokenizer(prompts)["input_ids"]):
             if len(ids) + new_tokens > limit:
                 out.append(f"row {ex.id!r}: its text-view prompt is {len(ids)} tokens; with rollout.max_new_tokens="

@@ -80,8 +80,19 @@ def case_question_over_the_context(tmp, rows):
              "shorten the question"])
 
 
-CASES = [case_question_over_the_context, case_non_utf8, case_output_dir_is_a_file, case_truncated_wav_header, case_zero_length_clip,
+CASES = [case_question_over_the_context, case_non_utf8, case_output_dir_is_a_file, case_truncated_wav_header,
+         case_zero_length_clip,
          case_too_long_on_the_last_rows, case_nan_samples]
+
+
+def _raw(model_dir: Path, manifest: Path, out: Path, batch: int = 2, new_tokens: int = 4, **data) -> dict:
+    """One step of the tiny recipe on `manifest`, writing to `out`; `data` adds data.* fields."""
+    return {"model": {"name_or_path": str(model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", **data},
+            "rollout": {"max_new_tokens": new_tokens, "group_size": 2}, "loss": {"top_k": 3},
+            "train": {"max_steps": 1, "batch_size": batch, "micro_batch_size": batch, "seed": 0},
+            "output": {"dir": str(out), "progress": False}}
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -97,18 +108,15 @@ def test_bad_input_is_one_line_with_the_fix(case, tiny_model_dir, tiny_manifest,
 
     monkeypatch.delenv("CORDLITE_DEBUG", raising=False)
     manifest, extra, expected = case(tmp_path, _rows(tiny_manifest))
-    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "shuffle": False},
-           "rollout": {"max_new_tokens": extra.get("max_new_tokens", 4), "group_size": 2}, "loss": {"top_k": 3},
-           "train": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
-           "output": {"dir": extra.get("output", str(tmp_path / "run")), "progress": False}}
+    raw = _raw(tiny_model_dir, manifest, Path(extra.get("output", tmp_path / "run")),
+               new_tokens=extra.get("max_new_tokens", 4), shuffle=False)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     before = _snapshot(tmp_path)
     result = CliRunner().invoke(main, ["train", str(recipe)])
     assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.output
     message = result.output[result.output.index("error: "):]
@@ -131,12 +139,7 @@ def test_skip_bad_rows_trains_on_the_rest_and_lists_what_it_left_out(tiny_model_
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n"
                         + json.dumps({**rows[0], "id": "gone", "audio_path": str(tmp_path / "gone.wav")}) + "\n"
                         + json.dumps({**rows[0], "id": "long", "audio_path": str(tmp_path / "long.wav")}) + "\n")
-    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "skip_bad_rows": True},
-           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3},
-           "train": {"max_steps": 1, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
-           "output": {"dir": str(tmp_path / "run"), "progress": False}}
+    raw = _raw(tiny_model_dir, manifest, tmp_path / "run", skip_bad_rows=True)
     train(recipe_from_dict(raw))
     listed = [json.loads(line)["reason"] for line in (tmp_path / "run" / "skipped_rows.jsonl").read_text().splitlines()]
     n = len(rows)
@@ -162,15 +165,30 @@ def test_odd_but_valid_rows_train_with_a_note(tiny_model_dir, tiny_manifest, tmp
            {**rows[1], "id": "huge", "notes": "x" * 2_000_000},
            {**rows[2], "id": "essay", "question": ("How many apples are left if Sam eats two? " * 250)[:10_000]}]
     manifest = _write(tmp_path / "m.jsonl", odd)
-    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "data": {"train_manifest": str(manifest), "instruction": "Answer the question.", "shuffle": False},
-           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3},
-           "train": {"max_steps": 1, "batch_size": 3, "micro_batch_size": 3, "seed": 0},
-           "output": {"dir": str(tmp_path / "run"), "progress": False}}
+    raw = _raw(tiny_model_dir, manifest, tmp_path / "run", batch=3, shuffle=False)
     train(recipe_from_dict(raw))
     err = capsys.readouterr().err
     assert "1 clip(s) not at 16 kHz: resampled as read (e.g. 'hd')" in err
     assert "1 clip(s) not mono: channels averaged as read (e.g. 'hd')" in err
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert sorted(row["prompt_ids"]) == ["essay", "hd", "huge"]
+
+
+def test_prompt_length_check_is_exact_at_the_limit(tiny_model_dir):
+    """The cheap first pass (template + question tokens) must not hide a row: at the limit the
+    exact prompt length decides, one token either way."""
+    from transformers import AutoProcessor
+
+    from cordlite.data import Example, prompt_length_problems
+    from cordlite.prompts import text_view_messages
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    ex = Example("q1", Path("unused.wav"), "Mia has 7 shells. She finds 5 more. How many shells does she have now?")
+    exact = len(processor.tokenizer(processor.apply_chat_template(
+        text_view_messages(ex.question, "Answer the question.", None), add_generation_prompt=True,
+        tokenize=False))["input_ids"])
+    assert prompt_length_problems(processor, [ex], "Answer the question.", None, 10, exact + 10) == []
+    over = prompt_length_problems(processor, [ex], "Answer the question.", None, 10, exact + 9)
+    assert over == [f"row 'q1': its text-view prompt is {exact} tokens; with rollout.max_new_tokens=10 that is "
+                    f"over the model's {exact + 9} positions; shorten the question (or drop the row)"]
+    assert prompt_length_problems(processor, [ex], "Answer the question.", None, 10, exact + 500) == []

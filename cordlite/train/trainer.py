@@ -137,7 +137,9 @@ def merge_stats(parts: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def prepare_data(recipe: Recipe, dist: Dist) -> list[Example]:
+def prepare_data(recipe: Recipe, dist: Dist) -> tuple[list[Example], int | None]:
+    """The manifest's examples, checked (rows, then every clip's header) before any work, and how
+    many bad rows data.skip_bad_rows left out (None when it is off: a bad row stops the run)."""
     manifest = Path(recipe.data.train_manifest)
     if recipe.data.create_tiny_if_missing and not manifest.exists() and dist.main:
         from data_tools.tiny_spoken import make_tiny_spoken_set
@@ -171,7 +173,7 @@ def prepare_data(recipe: Recipe, dist: Dist) -> list[Example]:
     if dist.main:
         for note in clips.notes():
             print(f"note: {manifest}: {note}", file=sys.stderr)
-    return examples
+    return examples, None if skipped is None else len(skipped)
 
 
 def _check_batch(recipe: Recipe, dist: Dist) -> int:
@@ -245,10 +247,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train, dist.local_rank)
     torch.manual_seed(recipe.train.seed)
 
-    examples = prepare_data(recipe, dist)
-    skipped_path = run_dir / "skipped_rows.jsonl"
-    rows_skipped = (len(skipped_path.read_text(encoding="utf-8").splitlines())
-                    if recipe.data.skip_bad_rows and dist.main else None)
+    examples, rows_skipped = prepare_data(recipe, dist)
     if recipe.model.create_tiny_if_missing and dist.main:
         from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
 
@@ -357,9 +356,9 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
                 progress.close()
             if dist.main:
                 name = signal.Signals(stop.signum).name
-                if done == 0 and last is None:
+                if done == 0:
                     what = "stopped before the first step finished; nothing to save: run the same command again"
-                elif done == 0 or saved:
+                elif saved:
                     what = (f"stopped; the checkpoint of step {done} in {ckpt_root} already holds every finished "
                             "step; continue with --resume")
                 else:
