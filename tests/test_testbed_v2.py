@@ -230,3 +230,29 @@ def test_encoded_clips_match_the_processor_and_the_models_forward(toy_v2):
         mine = model(inputs_embeds=cached["inputs_embeds"], attention_mask=cached["attention_mask"]).logits
     valid = audio["attention_mask"].bool()
     assert torch.allclose(own[valid], mine[valid], atol=2e-3)  # frames were stored in float16
+
+
+@needs_flite
+@needs_whisper
+def test_hearing_first_steps_transcribe_every_clip_then_spoken_reasoning_joins(toy_v2):
+    """AlignMix.hearing_steps: before it, each step's clips are all transcription rows (no
+    audio_chain loss is logged); from it on, the mix's spoken-reasoning rows join."""
+    from cordlite.data import read_manifest
+    from cordlite.testbed.fit import FitConfig
+    from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix, EncodedClips, align_listen
+    from cordlite.testbed.stages import load_checkpoint
+
+    out, _ = toy_v2
+    model, processor = load_checkpoint(out / "text_model")
+    examples = read_manifest(out / "data" / "train.jsonl")
+    clips = EncodedClips.of(model, processor, examples, {"asr": ASR_INSTRUCTION, "chain": "Answer step by step."},
+                            progress=False)
+    cfg = FitConfig(lr=1e-3, batch_size=3, max_steps=4, warmup_steps=1, eval_every=2, target=2.0)
+    mix = AlignMix(asr=2, audio_chain=1, text_chain=1, chain_clips=4, hearing_steps=2)
+    result = align_listen(model, processor, clips, None, examples, "Answer step by step.", cfg, mix, progress=False,
+                          evaluate=lambda: 0.0)
+    first, second = result.history[1], result.history[2]  # the means over steps 1-2 and 3-4
+    assert "train_asr" in first and "train_audio_chain" not in first
+    assert "train_asr" in second and "train_audio_chain" in second
+    with pytest.raises(ValueError, match="hearing_steps"):
+        AlignMix(hearing_steps=-1)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cordlite.files import write_text_atomic
 from cordlite.models.audio_view import FrameCache
-from cordlite.testbed.build import cpu_name
+from cordlite.testbed.build import cpu_name, cpu_vector_isa
 from cordlite.testbed.frames import pretrained_build, split_frames, store_path
 from cordlite.testbed.suite import Method, Suite, SuiteError
 from cordlite.testbed.summary import base_scores, summarize, write_outputs
@@ -79,7 +79,9 @@ def run_key(suite: Suite, method: Method, seed: int) -> str:
 
     return digest({"method": [method.kind, method.recipe], "seed": seed, "steps": suite.steps,
                    "eval_steps": suite.eval_steps(), "base": _base_raw(suite) if method.kind == "lora" else None,
-                   "control": [suite.control_lr, suite.control_warmup_steps] if method.kind == "align" else None,
+                   "control": ([suite.control_lr, suite.control_warmup_steps]
+                               + ([suite.control_schedule] if suite.control_schedule != "constant" else [])
+                               if method.kind == "align" else None),
                    "testbed": _testbed_fingerprint(suite.testbed)})
 
 
@@ -168,12 +170,13 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
 
     build_config = _build_config(suite.testbed)
     if build_config.get("encoder", "scratch") != "scratch":  # the pretrained build: its listen alignment
-        from dataclasses import fields
+        from dataclasses import fields, replace
 
         from cordlite.data import batch_indices
         from cordlite.testbed.listen import ASR_INSTRUCTION, AlignMix, EncodedClips, align_listen
 
         mix = AlignMix(**{f.name: build_config["mix"][f.name] for f in fields(AlignMix) if f.name in build_config["mix"]})
+        mix = replace(mix, hearing_steps=0)  # the control continues the alignment where it ended: spoken reasoning in
         per_step = mix.asr + mix.audio_chain
         # The frozen encoder's frames of the clips the run will see, from the train split's store.
         order = [i for step in range(suite.steps) for i in batch_indices(len(train_rows), per_step, step, seed)]
@@ -181,12 +184,14 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
         clips = EncodedClips.of(model, processor, used, {"asr": ASR_INSTRUCTION, "chain": instruction}, progress=False,
                                 store=split_frames(suite.testbed, "train", model, processor, progress=False))
         cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
-                        warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed)
+                        warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed,
+                        schedule=suite.control_schedule)
         align_listen(model, processor, clips, None, train_rows, instruction, cfg, mix, progress=False,
                      evaluate=evaluate)
         return curve
     cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
-                    warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed)
+                    warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed,
+                        schedule=suite.control_schedule)
     align_audio(model, processor, train_rows, [], instruction, cfg, progress=False, evaluate=evaluate)
     return curve
 
@@ -304,16 +309,35 @@ def run_suite(suite: Suite) -> dict:
             for i, fut in enumerate(cf.as_completed(futures), 1):
                 results.append(fut.result())
                 _done(i, len(tasks), results[-1], t0)
+    cross_with_base(suite, results)
     summary = summarize(suite, base, results)
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this call; cached runs cost nothing
     summary["runs_cached"] = sum(bool(r.get("cached")) for r in results)
     summary["run_seconds_total"] = round(sum(r["seconds"] for r in results), 1)  # as first run, cached included
-    summary["machine"] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "jobs": suite.jobs, "torch_threads_per_job": threads,
+    summary["machine"] = {"cpu": cpu_name(), "isa": cpu_vector_isa(), "cpu_count": os.cpu_count(), "jobs": suite.jobs,
+                          "torch_threads_per_job": threads,
                           "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "load_average_start": load0,
                           "load_average_end": os.getloadavg()[0] if load0 is not None else None}
     write_outputs(suite, summary)
     return summary
+
+
+def cross_with_base(suite: Suite, results: list[dict]) -> None:
+    """Each LoRA or control run's last answers against the base's, clip by clip (summary.against_base),
+    into result["against_base"]; nothing when the build has no hearing probe (scratch)."""
+    from cordlite.files import read_jsonl
+    from cordlite.testbed.summary import against_base, base_heard
+
+    heard = base_heard(suite.testbed)
+    base_rows = read_jsonl(Path(suite.testbed) / "eval" / "base_test_responses.jsonl")
+    if heard is None or not base_rows:
+        return
+    for r in results:
+        final = Path(suite.out) / r["method"] / f"seed_{r['seed']}" / "eval" / "responses.jsonl"
+        rows = read_jsonl(final)
+        if rows:
+            r["against_base"] = against_base(rows, base_rows, heard)
 
 
 def _done(i: int, n: int, r: dict, t0: float) -> None:

@@ -152,10 +152,12 @@ def ablate_cmd(suite_file: str, jobs: int | None, seeds: str | None, steps: int 
               help="Testbed build directory [default: cache/testbed; cache/testbed_scratch with --encoder scratch].")
 @click.option("--recipe", default=None,
               help="CORD recipe [default: recipes/testbed_cord.yaml; recipes/testbed_scratch_cord.yaml for scratch].")
-@click.option("--steps", type=click.IntRange(min=1), default=60, show_default=True, help="CORD steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="CORD steps [default: 100; 60 with --encoder scratch, as its figures were measured].")
 @click.option("--out", default="runs/testbed_demo", show_default=True, help="Run directory (replaced).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-def demo_cmd(encoder: str, testbed_dir: str | None, recipe: str | None, steps: int, out: str, threads: int) -> None:
+def demo_cmd(encoder: str, testbed_dir: str | None, recipe: str | None, steps: int | None, out: str,
+             threads: int) -> None:
     """The short version: build the testbed if needed, train CORD, report the gap before and after."""
     from cordlite.models.whisper_weights import WeightsError
     from cordlite.testbed.build import TestbedConfig
@@ -165,6 +167,7 @@ def demo_cmd(encoder: str, testbed_dir: str | None, recipe: str | None, steps: i
     scratch = encoder == "scratch"
     testbed_dir = testbed_dir or ("cache/testbed_scratch" if scratch else "cache/testbed")
     recipe = recipe or ("recipes/testbed_scratch_cord.yaml" if scratch else "recipes/testbed_cord.yaml")
+    steps = steps or (60 if scratch else 100)
     try:
         report = run_demo(testbed_dir, recipe, steps, out, threads, config=TestbedConfig.for_encoder(encoder))
     except (WeightsError, BackendError, ValueError, FileNotFoundError) as e:

@@ -180,17 +180,29 @@ def testbed_instruction(testbed_dir: str | Path) -> str:
 
 def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "test", out: str | None = None,
              batch_size: int = 64, max_new_tokens: int = 64, progress: bool = True) -> tuple[Path, dict]:
-    """Evaluate the built testbed (optionally with a trained adapter) on one split; returns the
-    summary path (default OUT_DIR/eval/<adapter run or base>_<split>.json) and the summary."""
+    """Evaluate the built testbed (optionally with a trained adapter: a run directory or its adapter)
+    on one split; returns the summary path and the summary. Default path: the base's in the build
+    (TESTBED_DIR/eval/base_<split>.json), an adapter's in its run (RUN/eval_<split>.json; a
+    checkpoint's RUN/eval_<split>_step_N.json), never the build's folder."""
     import yaml
 
     from cordlite.data import read_manifest
+    from cordlite.models.adapter import AdapterError, locate_adapter
     from cordlite.testbed.frames import eval_frames
 
     root = Path(testbed_dir)
     instruction = testbed_instruction(root)
+    default_path = root / "eval" / f"base_{split}.json"
     if adapter is not None:
-        run_config = Path(adapter).parent / "config.yaml"
+        try:
+            adapter_dir, run_dir = locate_adapter(adapter)
+        except AdapterError as e:
+            raise ValueError(f"--adapter {e}") from None
+        adapter = str(adapter_dir)
+        step = adapter_dir.parent.name if adapter_dir.parent.name.startswith("step_") else None
+        home = run_dir or adapter_dir.parent
+        default_path = home / (f"eval_{split}_{step}.json" if step else f"eval_{split}.json")
+        run_config = (run_dir or adapter_dir.parent) / "config.yaml"
         if run_config.is_file():
             used = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data", {}).get("instruction")
             if used is not None and used != instruction:
@@ -202,8 +214,7 @@ def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "
     frames = eval_frames(root, split, model, processor, progress)
     rows, summary = evaluate_examples(model, processor, examples, instruction, batch_size, max_new_tokens,
                                       progress, label=f"eval {split}", frames=frames)
-    name = "base" if adapter is None else Path(adapter).resolve().parent.name
-    path = Path(out) if out else root / "eval" / f"{name}_{split}.json"
+    path = Path(out) if out else default_path
     write_eval(path, rows, summary, {"model": str(root / "model"), "adapter": adapter, "split": split,
                                      "manifest": str(manifest)})
     return path, summary

@@ -129,8 +129,14 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
     history: list[dict] = []
     metric = evaluate()
     history.append({"step": 0, "metric": metric, "seconds": 0.0})
+    bar = None
     if progress:
+        from tqdm.auto import tqdm
+
         print(f"  [{label}] step 0: metric {metric:.3f} (target {cfg.target})", file=sys.stderr, flush=True)
+        # A live bar between the evaluations (steps/s, time left); each evaluation prints a line above it.
+        bar = tqdm(total=cfg.max_steps, desc=f"  [{label}]", unit="step", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=2.0, leave=False)
     step, running = 0, []
     while metric < cfg.target and step < cfg.max_steps:
         indices = batch_indices(n_examples, cfg.batch_size, step, cfg.seed)
@@ -144,6 +150,9 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
         sched.step()
         step += 1
         running.append(stats)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {stats['loss']:.3f}" if "loss" in stats else "", refresh=False)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             metric = evaluate()
             keys = {k for s in running for k in s}
@@ -152,8 +161,10 @@ def fit(params: list[torch.nn.Parameter], step_loss: Callable[[list[int], int], 
             row = {"step": step, "metric": metric, "seconds": round(time.perf_counter() - t0, 1),
                    **{f"train_{k}": round(v, 4) for k, v in mean.items()}}
             history.append(row)
-            if progress:
+            if bar is not None:
                 losses = ", ".join(f"{k} {v:.3f}" for k, v in mean.items() if k in _SHOWN)
-                print(f"  [{label}] step {step}: metric {metric:.3f} (target {cfg.target}), train {losses}, "
-                      f"{row['seconds']:.0f} s", file=sys.stderr, flush=True)
+                bar.write(f"  [{label}] step {step}: metric {metric:.3f} (target {cfg.target}), train {losses}, "
+                          f"{row['seconds']:.0f} s", file=sys.stderr)
+    if bar is not None:
+        bar.close()
     return FitResult(step, metric >= cfg.target, metric, time.perf_counter() - t0, history)

@@ -22,8 +22,6 @@ on val (as in cordlite.testbed.stages).
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -52,13 +50,19 @@ class AlignMix:
     text_targets: str = "reference"
     """Text replay targets: "reference" chains, or the text model's "own" greedy answers (taken
     once before the alignment), which keep the text view the teacher it was, errors included."""
+    hearing_steps: int = 0
+    """Hearing first: for the first N steps every clip of a step is a transcription row (no spoken
+    reasoning yet); the audio_chain rows join after them. A real LALM's alignment, too, starts
+    from transcription before any spoken instruction data."""
+    asr_weight: float = 1.0
+    audio_chain_weight: float = 1.0
+    text_chain_weight: float = 1.0
 
     def __post_init__(self):
         if self.text_targets not in ("reference", "own"):
             raise ValueError(f"AlignMix.text_targets {self.text_targets!r}: choose reference or own")
-    asr_weight: float = 1.0
-    audio_chain_weight: float = 1.0
-    text_chain_weight: float = 1.0
+        if self.hearing_steps < 0:
+            raise ValueError(f"AlignMix.hearing_steps {self.hearing_steps}: must be >= 0")
 
 
 class EncodedClips:
@@ -187,13 +191,16 @@ def align_listen(model, processor, train: EncodedClips, val: EncodedClips | None
     def step_loss(indices: list[int], step: int):
         model.train()
         audio_rows = indices  # cfg.batch_size = mix.asr + mix.audio_chain clips
-        if mix.chain_clips:
+        n_asr = mix.asr
+        if step < mix.hearing_steps:  # hearing first: every clip of the step is transcribed
+            n_asr = len(indices)
+        elif mix.chain_clips:
             chain = batch_indices(min(mix.chain_clips, len(train)), mix.audio_chain, step, cfg.seed + 2)
             audio_rows = indices[: mix.asr] + chain
         text_rows = batch_indices(len(text_train), mix.text_chain, step, cfg.seed + 1) if mix.text_chain else []
         total, stats = 0.0, {}
-        parts = (("asr", audio_rows[: mix.asr], mix.asr_weight), ("audio_chain", audio_rows[mix.asr:],
-                                                                   mix.audio_chain_weight))
+        parts = (("asr", audio_rows[:n_asr], mix.asr_weight), ("audio_chain", audio_rows[n_asr:],
+                                                                mix.audio_chain_weight))
         for kind, rows, weight in parts:
             if not rows or weight == 0:
                 continue

@@ -39,6 +39,7 @@ class Suite:
     control_lr: float
     control_warmup_steps: int
     methods: tuple[Method, ...]
+    control_schedule: str = "constant"
 
     def eval_steps(self) -> list[int]:
         steps = list(range(self.eval_every, self.steps + 1, self.eval_every))
@@ -83,8 +84,14 @@ def load_suite(path: str | Path, seeds: tuple[int, ...] | None = None, steps: in
         problems.append(f"steps ({n_steps}), eval_every ({eval_every}) and jobs ({n_jobs}) must be >= 1")
     control = raw.get("control") or {}
     if not isinstance(control, dict):
-        problems.append("control: must be a mapping with lr and warmup_steps")
+        problems.append("control: must be a mapping with lr, warmup_steps and schedule")
         control = {}
+    problems += [f"control.{key}: unknown field; allowed: lr, schedule, warmup_steps" for key in control
+                 if key not in ("lr", "warmup_steps", "schedule")]
+    control_schedule = control.get("schedule", "constant")
+    if control_schedule not in ("constant", "linear"):
+        problems.append(f"control.schedule: {control_schedule!r}; choose constant or linear (the LoRA methods' "
+                        "optim.schedule)")
     methods: list[Method] = []
     raw_methods = raw.get("methods")
     if not isinstance(raw_methods, list) or not raw_methods:
@@ -111,4 +118,5 @@ def load_suite(path: str | Path, seeds: tuple[int, ...] | None = None, steps: in
     if problems:
         raise SuiteError(f"{p}: " + "; ".join(problems))
     return Suite(str(p), testbed, base_recipe, suite_out, tuple(raw_seeds), n_steps, eval_every, n_jobs,
-                 float(control.get("lr", 4e-3)), int(control.get("warmup_steps", 10)), tuple(methods))
+                 float(control.get("lr", 4e-3)), int(control.get("warmup_steps", 10)), tuple(methods),
+                 control_schedule)

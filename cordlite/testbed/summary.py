@@ -34,6 +34,43 @@ def base_scores(testbed: str) -> dict:
         rows = read_jsonl(responses)
         refs = {ex.id: ex.answer for ex in read_manifest(Path(testbed) / "data" / "test.jsonl")}
         out["errors"] = {view: error_counts(rows, refs, view) for view in ("audio", "text")}
+        heard = base_heard(testbed)
+        if heard is not None:
+            out["against_base"] = against_base(rows, rows, heard)
+    return out
+
+
+def base_heard(testbed: str) -> dict[str, bool] | None:
+    """What the base's audio view heard of each test clip (the build's hearing probe), or None
+    (the scratch build has no probe)."""
+    from cordlite.files import read_jsonl
+
+    path = Path(testbed) / "eval" / "base_test_heard.jsonl"
+    return {r["id"]: bool(r["problem"]) for r in read_jsonl(path)} if path.is_file() else None
+
+
+def n_operations(template: str) -> int:
+    """Operations of a question from its template id ("s2|mul0|sub2|q2" -> 2): start | ops... | question."""
+    return len(template.split("|")) - 2
+
+
+def against_base(rows: list[dict], base_rows: list[dict], heard: dict[str, bool]) -> dict:
+    """One run's final answers, clip by clip, against the base's (evaluation rows: id, view, correct,
+    template) and what the base's audio view heard of each clip (`heard`: its transcript states the
+    problem). Wrong audio answers on clips heard right and misheard, base errors fixed and right
+    answers broken, new text-view errors, and audio accuracy on 2- and 3-operation questions. PURE."""
+    mine = {(r["id"], r["view"]): r for r in rows}
+    base = {(r["id"], r["view"]): r for r in base_rows}
+    audio = [k for k in base if k[1] == "audio" and k in mine]
+    text = [k for k in base if k[1] == "text" and k in mine]
+    out = {"audio_wrong_heard": sum(not mine[k]["correct"] and heard[k[0]] for k in audio),
+           "audio_wrong_misheard": sum(not mine[k]["correct"] and not heard[k[0]] for k in audio),
+           "audio_fixed": sum(mine[k]["correct"] and not base[k]["correct"] for k in audio),
+           "audio_broken": sum(not mine[k]["correct"] and base[k]["correct"] for k in audio),
+           "text_broken": sum(not mine[k]["correct"] and base[k]["correct"] for k in text)}
+    for ops in (2, 3):
+        keys = [k for k in audio if n_operations(base[k]["template"]) == ops]
+        out[f"audio_acc_{ops}ops"] = 100.0 * sum(bool(mine[k]["correct"]) for k in keys) / len(keys) if keys else None
     return out
 
 
@@ -63,6 +100,9 @@ def summarize(suite: Suite, base: dict, results: list[dict]) -> dict:
                "gap_reduction": _stats([100.0 * (1 - g / gap_base) if gap_base > 0 else None for g in paper_gap]),
                "text_change": _stats([f["text_acc"] - text_base for f in finals]),
                "seconds_per_run": statistics.fmean(r["seconds"] for r in runs)}
+        crossed = [r["against_base"] for r in runs if r.get("against_base")]
+        if crossed and len(crossed) == len(runs):
+            row["against_base"] = {k: _stats([c[k] for c in crossed]) for k in crossed[0]}
         with_errors = [f["errors"] for f in finals if "errors" in f]
         if len(with_errors) == len(finals):
             row["errors"] = {view: {k: _stats([e[view][k] for e in with_errors]) for k in with_errors[0][view]}
@@ -112,6 +152,22 @@ def table_markdown(summary: dict) -> str:
             a, t = e["audio"], e["text"]
             lines.append(f"| {label} | {_pm(a['operands'])} | {_pm(a['steps'])} | {_pm(a['format'])} | "
                          f"{_pm(t['operands'])} | {_pm(t['steps'])} |")
+    crossed = [m for m in summary["methods"] if "against_base" in m]
+    if crossed and "against_base" in b:
+        a = b["against_base"]
+        lines += ["", "Clip by clip against the base at the last step, mean ± std over seeds: wrong audio answers on "
+                  "the clips whose transcript by the base's audio view states the question's problem (heard) and on "
+                  "the others (misheard), base audio errors fixed and right answers broken, text-view answers "
+                  "broken, audio accuracy on 2- and 3-operation questions.", "",
+                  "| method | audio wrong, heard | audio wrong, misheard | fixed | broken | text broken | "
+                  "audio 2 ops | audio 3 ops |", "|---|---|---|---|---|---|---|---|",
+                  f"| Base | {a['audio_wrong_heard']} | {a['audio_wrong_misheard']} | - | - | - | "
+                  f"{a['audio_acc_2ops']:.1f} | {a['audio_acc_3ops']:.1f} |"]
+        for m in crossed:
+            c = m["against_base"]
+            lines.append(f"| {m['label']} | {_pm(c['audio_wrong_heard'])} | {_pm(c['audio_wrong_misheard'])} | "
+                         f"{_pm(c['audio_fixed'])} | {_pm(c['audio_broken'])} | {_pm(c['text_broken'])} | "
+                         f"{_pm(c['audio_acc_2ops'])} | {_pm(c['audio_acc_3ops'])} |")
     return "\n".join(lines) + "\n"
 
 
