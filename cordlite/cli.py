@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from cordlite.cli_common import Group, fail
+from cordlite.cli_common import Group, fail, key_value_pairs, quiet_libraries
 from cordlite.schema import ConfigError
 
 
@@ -25,14 +25,18 @@ def _recipe(path: str, overrides: tuple[str, ...], check_paths: bool = True):
         fail(str(e))
 
 
-overrides_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+overrides_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=key_value_pairs,
                                 help="Override a recipe field, e.g. --set train.max_steps=10 (repeatable).")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cordlite")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show the libraries' notices and per-load progress bars that cordlite silences (also "
+                   "CORDLITE_VERBOSE=1).")
+def main(verbose: bool) -> None:
     """cordlite: close the audio-text gap of audio language models with CORD."""
+    quiet_libraries(verbose)
 
 
 @main.command()

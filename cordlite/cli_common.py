@@ -1,4 +1,5 @@
-"""What every command module shares: how a command stops on a user's mistake.
+"""What every command module shares: how a command stops on a user's mistake, and how quiet
+the libraries underneath are (`cordlite --verbose` lets them speak).
 
 Used by cordlite/cli.py, eval/cli.py, deploy/cli.py, testbed/cli.py and data_tools/cli.py; it
 imports only click, so `cordlite --help` stays instant.
@@ -13,6 +14,52 @@ import sys
 import click
 
 DEBUG_ENV = "CORDLITE_DEBUG"
+VERBOSE_ENV = "CORDLITE_VERBOSE"
+
+# Messages of other libraries that a cordlite user can do nothing about (each checked on this stack):
+# (logger or warning category, message start). Everything else still shows.
+_QUIET_LOGGERS = {
+    # bitsandbytes on an AVX512-BF16 CPU offers an optional kernel from a hub package ("kernels") and
+    # falls back to its own when it is absent: the fallback is what runs, correctly.
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+}
+_QUIET_WARNINGS = (
+    # peft reads the deprecated `is_gradient_checkpointing` of transformers 5 when it wraps a model.
+    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
+)
+
+
+class _DropStart:
+    """A logging filter that drops the records whose message starts with `start`."""
+
+    def __init__(self, start: str):
+        self.start = start
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self.start)
+
+
+def verbose_wanted() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Silence the third-party messages in _QUIET_LOGGERS and _QUIET_WARNINGS and transformers'
+    per-load progress bars ("Loading weights", "Writing model shards"); downloads keep their bars
+    (huggingface_hub's own). With `verbose` (or CORDLITE_VERBOSE=1) nothing is silenced."""
+    import logging
+    import warnings
+
+    if verbose or verbose_wanted():
+        os.environ[VERBOSE_ENV] = "1"  # processes this command starts (accelerate, suite workers) speak too
+        return
+    for name, start in _QUIET_LOGGERS.items():
+        logging.getLogger(name).addFilter(_DropStart(start))
+    for category, message in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    from transformers.utils import logging as hf_logging  # transformers' own module, not the whole library
+
+    hf_logging.disable_progress_bar()
 
 _FIXES = {
     errno.EEXIST: "a file is in the way: choose another path or move that file",
@@ -57,3 +104,13 @@ class Group(click.Group):
                 raise
             fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start}: 0x{e.object[e.start]:02x}); "
                  f"save it as UTF-8 (set {DEBUG_ENV}=1 for the traceback to see which)", 1)
+
+
+def key_value_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Callback of the --set options: each value is KEY=VALUE. Runs before click looks for extra
+    arguments, so `--set train.max_steps 10` is named here rather than as "unexpected extra argument"."""
+    for value in values:
+        if "=" not in value:
+            raise click.BadParameter(f"{value!r} has no '='; write KEY=VALUE as one word, e.g. "
+                                     f"--set {value}=VALUE", ctx=ctx, param=param)
+    return values

@@ -16,9 +16,21 @@ silent the choice is cordlite's and the field's docstring says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 # --------------------------------------------------------------------------- sections
+
+
+# The only paths where a recipe's create_tiny_if_missing builds the tiny model and the tiny set
+# (relative to the working directory, as recipes are): a path the user typed is never filled.
+TINY_MODEL_DIR = "cache/tiny-qwen2audio"
+TINY_MANIFEST = "cache/tiny-spoken/manifest.jsonl"
+
+
+def is_tiny_path(path: str, default: str) -> bool:
+    """Whether `path` names the tiny model's or tiny set's own place (`default`), spelled either way."""
+    return Path(path).expanduser().resolve() == Path(default).resolve()
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,9 @@ class ModelConfig:
     name_or_path: str = ""
     """Local directory or hub id of a Qwen2-Audio checkpoint (e.g. Qwen/Qwen2-Audio-7B-Instruct)."""
     create_tiny_if_missing: bool = False
-    """Build a tiny random-init Qwen2-Audio at `name_or_path` when it does not exist (CPU demos, tests)."""
+    """Build the tiny random-init Qwen2-Audio when `name_or_path` is its own path, TINY_MODEL_DIR
+    (cache/tiny-qwen2audio), and does not exist yet (CPU demos). Never at another path: a mistyped
+    path is an error, not a new model (`cordlite tiny-model DIR` builds one anywhere)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id; ignored for local directories."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -80,7 +94,9 @@ class DataConfig:
     train_manifest: str = ""
     """JSONL manifest: one object per line with id, audio_path (relative to the manifest), question."""
     create_tiny_if_missing: bool = False
-    """Voice a few dozen arithmetic questions with espeak-ng at `train_manifest` if it does not exist."""
+    """Voice a few dozen arithmetic questions with espeak-ng when `train_manifest` is the tiny set's own
+    path, TINY_MANIFEST (cache/tiny-spoken/manifest.jsonl), and does not exist yet. Never at another
+    path (`cordlite tiny-data DIR` voices one anywhere)."""
     tiny_questions: int = 48
     """How many questions the tiny set has (only with create_tiny_if_missing)."""
     instruction: str = ""

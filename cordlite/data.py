@@ -53,7 +53,8 @@ def read_manifest(path: str | Path, check_audio_exists: bool = True, skipped: li
     (a list), bad lines are appended there and left out instead."""
     path = Path(path)
     if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found; create it with data_tools or fix data.train_manifest")
+        raise ManifestError(f"{path}: manifest not found; check the path, or make spoken data with "
+                            "`cordlite data tts` (docs/data_tools.md)")
     root = path.parent
     examples: list[Example] = []
     problems: list[str] = []

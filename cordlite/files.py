@@ -20,6 +20,23 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp-{os.getpid()}-{threading.get_ident()}{path.suffix}")
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def ordinary_modes(path: Path) -> None:
+    """Give `path` (a file, or a folder and all it holds) the modes an ordinary write gives under the
+    umask: some writers (safetensors, tempfile.mkdtemp) make 0600 files and 0700 folders, which other
+    users of a shared run or cache folder then cannot read."""
+    mask = current_umask()
+    for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -105,6 +122,7 @@ def remove_dead_temps(folder: Path, pattern: str) -> list[Path]:
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished directory into place; an older one is removed only after the move is ready."""
     old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    ordinary_modes(tmp)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)

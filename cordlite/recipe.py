@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cordlite.config import Recipe
+from cordlite.config import TINY_MANIFEST, TINY_MODEL_DIR, Recipe, is_tiny_path
 from cordlite.schema import ConfigError, build, to_plain
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -34,11 +34,20 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     if not m.name_or_path:
         problems.append("model.name_or_path: required; set a local checkpoint directory or a hub id "
                         "such as Qwen/Qwen2-Audio-7B-Instruct")
-    elif check_paths and not Path(m.name_or_path).expanduser().exists() and not m.create_tiny_if_missing:
-        if not _HUB_ID.match(m.name_or_path) or m.name_or_path.startswith((".", "/", "~")):
-            problems.append(f"model.name_or_path: {m.name_or_path!r} does not exist; point it at a "
-                            "checkpoint directory, use a hub id (org/name), or set "
-                            "model.create_tiny_if_missing: true for a tiny test model")
+    elif check_paths:
+        local = Path(m.name_or_path).expanduser()
+        tiny = m.create_tiny_if_missing and is_tiny_path(m.name_or_path, TINY_MODEL_DIR)
+        if not local.exists() and not tiny:
+            # org/name is a hub id, unless "org" is a folder here: then it is a local path mistyped.
+            hub_like = _HUB_ID.match(m.name_or_path) and not Path(m.name_or_path.split("/")[0]).is_dir()
+            if not hub_like or m.name_or_path.startswith((".", "/", "~")):
+                built = (f" (model.create_tiny_if_missing builds the tiny model only at {TINY_MODEL_DIR}; "
+                         f"`cordlite tiny-model {m.name_or_path}` builds one there)" if m.create_tiny_if_missing else "")
+                problems.append(f"model.name_or_path: {m.name_or_path!r} does not exist; point it at a "
+                                f"checkpoint directory or use a hub id (org/name){built}")
+        elif local.is_dir() and not (local / "config.json").is_file() and not (tiny and not any(local.iterdir())):
+            problems.append(f"model.name_or_path: {m.name_or_path!r} holds no checkpoint (no config.json); point "
+                            "it at the directory that has the model's config.json and weights")
     need(r.lora.r > 0, f"lora.r: {r.lora.r} must be > 0")
     need(r.lora.alpha > 0, f"lora.alpha: {r.lora.alpha} must be > 0")
     need(0.0 <= r.lora.dropout < 1.0, f"lora.dropout: {r.lora.dropout} must be in [0, 1)")
@@ -53,12 +62,13 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     d = r.data
     if not d.train_manifest:
         problems.append("data.train_manifest: required; point it at a manifest JSONL (see data_tools)")
-    elif check_paths and not Path(d.train_manifest).expanduser().exists() and not d.create_tiny_if_missing:
+    elif check_paths and not Path(d.train_manifest).expanduser().exists() and not (
+            d.create_tiny_if_missing and is_tiny_path(d.train_manifest, TINY_MANIFEST)):
+        built = (f" (data.create_tiny_if_missing voices the tiny set only at {TINY_MANIFEST}; "
+                 f"`cordlite tiny-data {Path(d.train_manifest).parent}` voices one there)"
+                 if d.create_tiny_if_missing else "")
         problems.append(f"data.train_manifest: {d.train_manifest!r} does not exist; make one with "
-                        "data_tools or set data.create_tiny_if_missing: true")
-    if d.create_tiny_if_missing and Path(d.train_manifest).name != "manifest.jsonl":
-        problems.append(f"data.train_manifest: {d.train_manifest!r} must be named manifest.jsonl when "
-                        "data.create_tiny_if_missing is true (the tiny set is written as DIR/manifest.jsonl)")
+                        f"`cordlite data tts` (docs/data_tools.md){built}")
     if d.frames is not None:
         need(not r.lora.audio_encoder, f"data.frames: {d.frames!r} holds a frozen encoder's frames, but "
              "lora.audio_encoder: true trains the encoder; set one of them off")

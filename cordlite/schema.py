@@ -18,10 +18,10 @@ from typing import Any, Literal
 class ConfigError(ValueError):
     """One or more problems in a recipe; `problems` lists them, the message shows them all."""
 
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str], what: str = "in the recipe"):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s) in the recipe:"]
+        lines = [f"{source}: {len(problems)} problem(s) {what}:"]
         lines += [f"  - {p}" for p in problems]
         super().__init__("\n".join(lines))
 

@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from cordlite.cli_common import fail
+from cordlite.cli_common import fail, key_value_pairs
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,7 +48,7 @@ def data() -> None:
 @click.option("--verbalize/--no-verbalize", default=None, help="Rewrite numbers, maths and symbols into words [on].")
 @click.option("--retry-rejects", is_flag=True, default=None, help="Try rows rejected by an earlier run again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", callback=key_value_pairs,
               help="Override any job field, e.g. --set tts.speed=[0.8,1.2] (repeatable).")
 def tts(config, input_path, out, fmt, split, name, question_field, answer_field, choices_field, id_field,
         backend, model, voices, workers, limit, seed, max_seconds, verbalize, retry_rejects, no_progress,
@@ -110,13 +110,14 @@ def check(manifest, report, max_seconds, min_seconds, silence_dbfs, workers, sho
     limits = CheckLimits(max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs)
     result = check_manifest(manifest, limits, workers)
     report_path = Path(report) if report else Path(manifest).parent / "check.json"
-    if report_path.parent.is_dir():
+    written = report_path.parent.is_dir()  # a missing manifest's folder gets no report
+    if written:
         write_text_atomic(report_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     d = result["duration_seconds"]
     hours = f", {d['total_hours']:.3f} h, {d['min']}-{d['max']} s" if d.get("count") else ""
     status = "ok" if result["ok"] else f"{len(result['problems'])} problem(s) {result['counts']}"
-    click.echo(f"{manifest}: {result['rows']} rows{hours}; {status}; "
-               f"{len(result['warnings'])} warning(s); report: {report_path}")
+    where = f"report: {report_path}" if written else f"no report written ({report_path.parent} does not exist)"
+    click.echo(f"{manifest}: {result['rows']} rows{hours}; {status}; {len(result['warnings'])} warning(s); {where}")
     for p in result["problems"][:show]:
         click.echo(f"  line {p['line']} id={p['id']}: {p['kind']}: {p['detail']}")
     if len(result["problems"]) > show:

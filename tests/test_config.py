@@ -297,7 +297,6 @@ def test_possible_neighbours_of_the_impossible_combinations_are_fine():
     ({"optim": {"warmup_steps": 20}, "train": {"max_steps": 10}}, "optim.warmup_steps"),
     ({"model": {"device": "cpu"}, "train": {"mixed_precision": "bf16"}}, "train.mixed_precision"),
     ({"model": {"device": "cpu"}, "quantization": {"mode": "int8"}}, "quantization.mode"),
-    ({"data": {"create_tiny_if_missing": True, "train_manifest": "d/set.jsonl"}}, "data.train_manifest"),
 ])
 def test_range_checks_name_the_field(sections: dict, needle: str):
     _one_with(_problems(_base(**sections)), needle)
@@ -315,9 +314,30 @@ def test_missing_local_model_dir_is_an_error_with_check_paths(tmp_path: Path, mo
     assert "'./nope/model'" in msg and "does not exist" in msg
     # Without path checks it is accepted.
     assert recipe_from_dict(raw, check_paths=False).model.name_or_path == "./nope/model"
-    # And with create_tiny_if_missing it is accepted too (it would be built).
+    # create_tiny_if_missing does not make it valid: the tiny model is built only at its own path.
     raw["model"]["create_tiny_if_missing"] = True
+    msg = _one_with(_problems(raw, check_paths=True), "model.name_or_path")
+    assert "does not exist" in msg and "cordlite tiny-model ./nope/model" in msg
+    raw["model"]["name_or_path"] = "cache/tiny-qwen2audio"
     recipe_from_dict(raw, check_paths=True)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_a_typo_in_a_shipped_recipes_paths_is_an_error_naming_it(path: Path, tmp_path: Path, monkeypatch):
+    """Every shipped recipe, its model and manifest paths mistyped: both named, nothing built (the tiny
+    recipe's create_tiny_if_missing builds only at the tiny model's and tiny set's own paths)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()  # a folder named like a hub org: "cache/x" is a local path, mistyped
+    raw = yaml.safe_load(path.read_text())
+    problems = _problems(raw, ["model.name_or_path=cache/tiny-qwen2aduio", "data.train_manifest=cache/tiny-spoken/"
+                               "manifest.jsnl", "data.frames=null"], check_paths=True)
+    assert "'cache/tiny-qwen2aduio' does not exist" in _one_with(problems, "model.name_or_path")
+    assert "'cache/tiny-spoken/manifest.jsnl' does not exist" in _one_with(problems, "data.train_manifest")
+    # An existing directory that holds no checkpoint is reported, not filled with a random model.
+    (tmp_path / "cache" / "empty").mkdir()
+    problems = _problems(raw, ["model.name_or_path=cache/empty", "data.frames=null"], check_paths=True)
+    assert "'cache/empty' holds no checkpoint (no config.json)" in _one_with(problems, "model.name_or_path")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["empty"] and not any((tmp_path / "cache" / "empty").iterdir())
 
 
 def test_hub_id_is_accepted_without_network(tmp_path: Path, monkeypatch):
@@ -371,15 +391,16 @@ def test_cli_validate_bad_recipe_exits_2_with_every_problem(tmp_path: Path):
     out = result.output
     assert "Traceback" not in out
     assert str(path) in out
-    assert "5 problem(s)" in out
+    assert "6 problem(s)" in out
     for needle in ("loss.alpah", "did you mean 'alpha'?", "train.max_steps", "'ten'",
                    "quantization.mode", "'nf5'", "did you mean 'nf4'?",
-                   "model.name_or_path", "trian", "did you mean 'train'?"):
+                   "model.name_or_path", "trian", "did you mean 'train'?",
+                   "data.train_manifest: 'd/manifest.jsonl' does not exist"):  # the tiny set is built only at its own path
         assert needle in out, needle
 
 
-def test_cli_bad_override_exits_2(tmp_path: Path):
-    good = _write_good_tiny_recipe(tmp_path)
+def test_cli_bad_override_exits_2(tmp_path: Path, monkeypatch):
+    good = _write_good_tiny_recipe(tmp_path, monkeypatch)
     result = CliRunner().invoke(main, ["validate", str(good), "--set", "train.max_steps=ten"])
     assert result.exit_code == 2
     assert "train.max_steps" in result.output and "'ten'" in result.output
@@ -393,8 +414,10 @@ def test_cli_validate_missing_file_exits_2(tmp_path: Path):
     assert "Traceback" not in result.output
 
 
-def _write_good_tiny_recipe(tmp_path: Path) -> Path:
-    """tiny_cpu.yaml with its cache paths moved under tmp_path (neither exists yet)."""
+def _write_good_tiny_recipe(tmp_path: Path, monkeypatch) -> Path:
+    """tiny_cpu.yaml with its cache paths under tmp_path (neither exists yet), run from tmp_path: the
+    tiny model and set are built only at their own paths, relative to the working directory."""
+    monkeypatch.chdir(tmp_path)
     raw = yaml.safe_load(TINY.read_text())
     raw["model"]["name_or_path"] = str(tmp_path / "cache" / "tiny-qwen2audio")
     raw["data"]["train_manifest"] = str(tmp_path / "cache" / "tiny-spoken" / "manifest.jsonl")
@@ -404,8 +427,8 @@ def _write_good_tiny_recipe(tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_validate_good_recipe_exits_0(tmp_path: Path):
-    path = _write_good_tiny_recipe(tmp_path)
+def test_cli_validate_good_recipe_exits_0(tmp_path: Path, monkeypatch):
+    path = _write_good_tiny_recipe(tmp_path, monkeypatch)
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert f"{path}: ok" in result.output

@@ -127,6 +127,79 @@ def test_eval_end_to_end(short_answer_model_dir, tiny_manifest, adapter_dir, tmp
     assert res.exit_code == 1 and "max_new_tokens: 16 -> 5" in res.output and "--overwrite" in res.output
 
 
+def test_eval_takes_the_training_prompt_from_the_adapter_or_its_run(short_answer_model_dir, tiny_manifest,
+                                                                    adapter_dir, tmp_path):
+    """Without --instruction and --max-new-tokens, eval answers as the adapter was trained: from the
+    recipe in its metadata, or from its run's config.yaml; the same answers as with both spelled out.
+    A baseline made with another prompt is refused before any answer, unless allowed."""
+    import shutil
+
+    import yaml
+
+    common = ["--device", "cpu", "--limit", 4, "--batch-size", 4]
+    recorded = tmp_path / "recorded" / "adapter"
+    shutil.copytree(adapter_dir, recorded)
+    meta = json.loads((recorded / "cordlite_adapter.json").read_text())
+    meta["recipe"] = {"data": {"instruction": "Answer briefly.", "system_prompt": None}, "rollout": {"max_new_tokens": 6}}
+    (recorded / "cordlite_adapter.json").write_text(json.dumps(meta))
+    res = _run(["eval", tiny_manifest, "--adapter", recorded, "--out", tmp_path / "a", *common])
+    assert res.exit_code == 0, res.output
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert a["prompt"] == {"instruction": "Answer briefly.", "system_prompt": None}
+    assert a["decoding"]["max_new_tokens"] == 6
+    assert a["settings_from"]["instruction"] == f"the adapter's training recipe ({recorded.resolve()})"
+    assert "prompt: instruction 'Answer briefly.' (the adapter's training recipe" in res.output
+    spelled = _run(["eval", tiny_manifest, "--adapter", recorded, "--out", tmp_path / "b", "--instruction",
+                    "Answer briefly.", "--max-new-tokens", 6, *common])
+    assert spelled.exit_code == 0, spelled.output
+    assert [r["response"] for r in _rows(tmp_path / "a" / "responses.jsonl")] == \
+        [r["response"] for r in _rows(tmp_path / "b" / "responses.jsonl")]
+
+    # A run directory: its config.yaml says how it trained (the adapter's metadata has no recipe here).
+    run = tmp_path / "run"
+    shutil.copytree(adapter_dir, run / "adapter")
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"instruction": "Say the number."},
+                                                     "rollout": {"max_new_tokens": 5}}))
+    res = _run(["eval", tiny_manifest, "--adapter", run, "--out", tmp_path / "c", *common])
+    assert res.exit_code == 0, res.output
+    c = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert c["prompt"]["instruction"] == "Say the number." and c["decoding"]["max_new_tokens"] == 5
+    assert c["adapter"] == str((run / "adapter").resolve())
+
+    # The first run against the second as its baseline: another instruction and length, refused
+    # before anything is answered or written.
+    res = _run(["eval", tiny_manifest, "--adapter", recorded, "--out", tmp_path / "d", "--baseline",
+                tmp_path / "c" / "summary.json", *common])
+    assert res.exit_code == 1
+    assert "prompt.instruction: baseline 'Say the number.', this run 'Answer briefly.'" in res.output
+    assert "decoding.max_new_tokens: baseline 5, this run 6" in res.output
+    assert "--allow-baseline-mismatch" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "d" / "responses.jsonl").exists()
+    res = _run(["eval", tiny_manifest, "--adapter", recorded, "--out", tmp_path / "d", "--baseline",
+                tmp_path / "c" / "summary.json", "--allow-baseline-mismatch", *common])
+    assert res.exit_code == 0, res.output
+    warnings = json.loads((tmp_path / "d" / "summary.json").read_text())["baseline"]["warnings"]
+    assert "prompt.instruction differs: baseline 'Say the number.', this run 'Answer briefly.'" in warnings
+    assert "warning: prompt.instruction differs" in res.output
+
+    # A base model with nothing recorded: no instruction, the default length, and a note that says so.
+    res = _run(["eval", tiny_manifest, "--model", short_answer_model_dir, "--out", tmp_path / "e", *common])
+    assert res.exit_code == 0, res.output
+    e = json.loads((tmp_path / "e" / "summary.json").read_text())
+    assert e["prompt"]["instruction"] == "" and e["decoding"]["max_new_tokens"] == 200
+    assert e["settings_from"] == {"instruction": "none recorded", "max_new_tokens": "the default (200)"}
+    assert "no training prompt is recorded" in res.output
+    # --recipe: the base prompted as that recipe trains (its model, instruction and rollout length).
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml").read_text())
+    recipe["model"]["name_or_path"] = str(short_answer_model_dir)
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    res = _run(["eval", tiny_manifest, "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "f", *common])
+    assert res.exit_code == 0, res.output
+    f = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert f["model"] == str(short_answer_model_dir) and f["prompt"]["instruction"] == "Answer the question."
+    assert f["decoding"]["max_new_tokens"] == 24 and f["settings_from"]["instruction"] == f"--recipe {tmp_path / 'r.yaml'}"
+
+
 def test_eval_with_the_llm_judge_writes_its_cache(short_answer_model_dir, tiny_manifest, tmp_path):
     out = tmp_path / "llm"
     res = _run(["eval", tiny_manifest, "--model", short_answer_model_dir, "--out", out, "--device", "cpu",

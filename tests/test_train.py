@@ -160,6 +160,14 @@ def test_cli_train_writes_metrics_checkpoints_and_a_peft_adapter(tiny_model_dir,
     assert saved["train"]["max_steps"] == 3 and saved["quantization"]["mode"] == "nf4"
     meta = json.loads((run / "adapter" / "cordlite_adapter.json").read_text())
     assert meta["base_model"] == str(tiny_model_dir) and meta["steps"] == 3
+    # Every file and folder has the modes an ordinary write gives under the umask (safetensors alone
+    # would make its files 0600, unreadable to the other users of a shared run folder).
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    modes = {p.relative_to(run).as_posix(): p.stat().st_mode & 0o777 for p in [run, *run.rglob("*")]}
+    assert {k: oct(m) for k, m in modes.items() if m != (0o777 if (run / k).is_dir() else 0o666) & ~mask} == {}
 
     peft_model = PeftModel.from_pretrained(_plain_base(tiny_model_dir, "none"), run / "adapter")
     loaded = {n: p for n, p in peft_model.named_parameters() if "lora_B" in n}

@@ -1,7 +1,7 @@
 """Deployment: merge a trained adapter into its base, check the merge, answer spoken questions.
 
     loading      what merge and infer start from: resolve a run or adapter directory, load a
-                 checkpoint for inference (EXPORT_META, MergeError)
+                 checkpoint for inference (MergeError; the adapter helpers are models.adapter)
     infer        `cordlite infer`: one clip or a whole manifest, resumable
     merge_check  the equivalence check of a merged model against base + adapter
     merge        `cordlite merge`: bf16/fp32 or NF4 export, its records and model card

@@ -25,12 +25,13 @@ def _deploy_errors() -> tuple[type[BaseException], ...]:
 
 @click.command()
 @click.argument("source", metavar="RUN_OR_ADAPTER")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to export to.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Directory to export to.")
 @click.option("--dtype", type=click.Choice(["bfloat16", "float32"]), default="bfloat16", show_default=True,
               help="Precision the base is reloaded, merged and saved in (never 4-bit).")
 @click.option("--quantize", type=click.Choice(["none", "nf4"]), default="none", show_default=True,
               help="nf4: save the merged model re-quantised to 4 bit (bitsandbytes) for small-memory serving.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out directory.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--base", default=None, help="Base checkpoint to merge into (default: the one recorded with the adapter).")
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if --base differs from the recorded base.")

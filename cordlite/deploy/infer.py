@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cordlite.audio import SAMPLE_RATE, AudioError, load_audio
-from cordlite.deploy.loading import EXPORT_META, load_model, resolve_adapter
+from cordlite.deploy.loading import load_model, resolve_adapter
 
 
 @dataclass
@@ -66,18 +66,13 @@ def decoding_tokens(model, tokenizer) -> tuple[list[int], int, list[int]]:
 
 
 def recorded_prompt(model_path: str, adapter_source=None) -> tuple[str, str | None]:
-    """(instruction, system_prompt) the model was trained with, when cordlite recorded them."""
-    if adapter_source is not None and adapter_source.recipe:
-        data = adapter_source.recipe.get("data", {})
-        return data.get("instruction", "") or "", data.get("system_prompt")
-    meta_path = Path(model_path) / EXPORT_META
-    if meta_path.is_file():
-        try:
-            prompt = json.loads(meta_path.read_text(encoding="utf-8")).get("prompt", {})
-            return prompt.get("instruction", "") or "", prompt.get("system_prompt")
-        except (OSError, ValueError, AttributeError):
-            pass
-    return "", None
+    """(instruction, system_prompt) the model was trained with, when cordlite recorded them: the
+    adapter's training recipe, else the prompt cordlite merge wrote next to a merged checkpoint."""
+    from cordlite.models.adapter import exported_prompt, trained_prompt
+
+    found = trained_prompt(adapter_source.recipe, "adapter") if adapter_source is not None else None
+    found = found or exported_prompt(model_path)
+    return (found.instruction, found.system_prompt) if found else ("", None)
 
 
 def load_answerer(model_path: str, adapter: str | None = None, *, allow_base_mismatch: bool = False,

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import torch
 
-EXPORT_META = "cordlite_export.json"
-
 
 class MergeError(RuntimeError):
     """Merge cannot go ahead; the message names the path or option and what to do."""
@@ -32,40 +30,18 @@ class AdapterSource:
 
 def resolve_adapter(path: str | Path) -> AdapterSource:
     """A run directory, a checkpoint's adapter or a bare adapter directory -> AdapterSource."""
-    import yaml
+    from cordlite.models.adapter import AdapterError, adapter_metadata, locate_adapter, recorded_base_models, \
+        training_recipe
 
-    from cordlite.models.adapter import adapter_metadata, recorded_base_models
-
-    p = Path(path).expanduser()
-    if (p / "adapter_config.json").is_file():
-        adapter_dir = p
-    elif (p / "adapter" / "adapter_config.json").is_file():
-        adapter_dir = p / "adapter"
-    elif not p.exists():
-        raise MergeError(f"{p}: not found; pass a run directory (holding adapter/) or an adapter directory")
-    else:
-        steps = sorted((p / "checkpoints").glob("step_*/adapter/adapter_config.json"))
-        hint = (f"; the run has no final adapter yet: finish it with `cordlite train ... --resume`, or pass a "
-                f"checkpoint such as {steps[-1].parent}") if steps else ""
-        raise MergeError(f"{p}: neither a run directory with adapter/ nor an adapter directory "
-                         f"(no adapter_config.json){hint}")
-    adapter_dir = adapter_dir.resolve()
-    run_dir = None
-    for cand in (adapter_dir.parent, adapter_dir.parents[2] if len(adapter_dir.parents) > 2 else None):
-        if cand is not None and (cand / "config.yaml").is_file():
-            run_dir = cand
-            break
+    try:
+        adapter_dir, run_dir = locate_adapter(path)
+    except AdapterError as e:
+        raise MergeError(str(e)) from None
     meta = adapter_metadata(adapter_dir)
-    recipe = meta.get("recipe")
-    if recipe is None and run_dir is not None:
-        try:
-            recipe = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError):
-            recipe = None
     recorded = recorded_base_models(adapter_dir)
     steps = meta.get("steps", meta.get("step"))
     return AdapterSource(adapter_dir, run_dir, recorded[0] if recorded else None,
-                         int(steps) if isinstance(steps, int) else None, recipe if isinstance(recipe, dict) else None)
+                         int(steps) if isinstance(steps, int) else None, training_recipe(adapter_dir, run_dir))
 
 
 def pick_device(device: str) -> torch.device:

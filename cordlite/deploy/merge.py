@@ -124,7 +124,7 @@ def export_record(src: AdapterSource, base_id: str, dtype: str, quantize: str) -
 
 def _write_records(final: Path, name: str, export: dict, check: CheckResult | None, nf4_check: CheckResult | None,
                    evals: dict[str, dict]) -> None:
-    from cordlite.deploy.loading import EXPORT_META
+    from cordlite.models.adapter import EXPORT_META
     from cordlite.deploy.model_card import model_card
 
     (final / EXPORT_META).write_text(json.dumps(export, indent=2, default=str) + "\n", encoding="utf-8")

@@ -1,7 +1,9 @@
 """`cordlite eval`, `cordlite diagnose` and `cordlite judge-check`: the commands that measure.
 
-    cordlite eval data/eval/manifest.jsonl --model Qwen/Qwen2-Audio-7B-Instruct --out runs/eval_base
-    cordlite diagnose data/eval/manifest.jsonl --model Qwen/Qwen2-Audio-7B-Instruct --out runs/diagnose
+    cordlite eval data/eval/manifest.jsonl --recipe recipes/qwen2audio_lora.yaml --out runs/eval_base
+    cordlite eval data/eval/manifest.jsonl --adapter runs/qwen2audio_cord --out runs/eval_cord \
+        --baseline runs/eval_base/summary.json
+    cordlite diagnose data/eval/manifest.jsonl --recipe recipes/qwen2audio_lora.yaml --out runs/diagnose
     cordlite judge-check pairs.jsonl --model self --out runs/judge_check
 
 Each parses its options and calls one function; only click is imported at module level, so
@@ -27,13 +29,20 @@ def _eval_errors() -> tuple[type[BaseException], ...]:
 
 _model_options = [
     click.option("--model", "model_path", default="", help="Base or merged Qwen2-Audio checkpoint (directory or hub "
-                 "id); default: the base recorded with --adapter."),
-    click.option("--adapter", default=None, type=click.Path(file_okay=False), help="LoRA adapter directory (RUN/adapter)."),
+                 "id); default: the base recorded with --adapter, else --recipe's model."),
+    click.option("--adapter", default=None, type=click.Path(file_okay=False),
+                 help="A run directory or its adapter (RUN, RUN/adapter, RUN/checkpoints/step_N/adapter): evaluated "
+                      "with the prompt and answer length it was trained with."),
+    click.option("--recipe", default=None, type=click.Path(dir_okay=False),
+                 help="A training recipe: its model, instruction, system prompt and rollout.max_new_tokens (for "
+                      "the base's eval, so it is prompted as training prompts)."),
     click.option("--quantization", type=click.Choice(["none", "nf4", "int8"]), default="none", show_default=True,
                  help="Weights of the language model (nf4 = like a QLoRA training base)."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True),
-    click.option("--instruction", default="", help="Text after the question/audio in the user turn (as in training)."),
-    click.option("--system-prompt", default=None, help="System message (default: the chat template's)."),
+    click.option("--instruction", default=None, help="Text after the question/audio in the user turn [default: the "
+                 "one the model was trained with, from --adapter, --recipe or a merged model; else none]."),
+    click.option("--system-prompt", default=None, help="System message [default: as trained, else the chat "
+                 "template's]."),
     click.option("--seed", default=0, show_default=True, help="Seed of every batch (resumable)."),
     click.option("--overwrite", is_flag=True, help="Start afresh in --out instead of continuing a run there."),
 ]
@@ -49,7 +58,8 @@ def _with_model_options(f):
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @_with_model_options
-@click.option("--max-new-tokens", default=512, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Answer length limit [default: the trained rollout.max_new_tokens; else 200].")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy (default).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling when --temperature > 0.")
 @click.option("--batch-size", default=8, show_default=True)
@@ -61,11 +71,15 @@ def _with_model_options(f):
 @click.option("--subset-field", default="source", show_default=True, help="Manifest field that names an item's subset.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N items.")
 @click.option("--baseline", default=None, type=click.Path(dir_okay=False),
-              help="summary.json of the base model's eval: adds the gap reduction.")
-def eval_cmd(manifest: str, out: str, model_path: str, adapter: str | None, quantization: str, device: str,
-             instruction: str, system_prompt: str | None, seed: int, overwrite: bool, max_new_tokens: int,
-             temperature: float, top_p: float, batch_size: int, judge_mode: str, judge_model: str,
-             judge_quantization: str, subset_field: str, limit: int | None, baseline: str | None) -> None:
+              help="summary.json of the base model's eval: adds the gap reduction (refused when made with "
+                   "another prompt, decoding or answer length).")
+@click.option("--allow-baseline-mismatch", is_flag=True,
+              help="Compare with a --baseline made with other settings anyway (the differences are listed).")
+def eval_cmd(manifest: str, out: str, model_path: str, adapter: str | None, recipe: str | None, quantization: str,
+             device: str, instruction: str | None, system_prompt: str | None, seed: int, overwrite: bool,
+             max_new_tokens: int | None, temperature: float, top_p: float, batch_size: int, judge_mode: str,
+             judge_model: str, judge_quantization: str, subset_field: str, limit: int | None, baseline: str | None,
+             allow_baseline_mismatch: bool) -> None:
     """Answer every item of MANIFEST from audio and from text; write accuracies, gap and gap reduction."""
     from cordlite.eval.evaluate import EvalSettings, run_eval
 
@@ -73,7 +87,8 @@ def eval_cmd(manifest: str, out: str, model_path: str, adapter: str | None, quan
                      device=device, instruction=instruction, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
                      temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size, judge=judge_mode,
                      judge_model=judge_model, judge_quantization=judge_quantization, subset_field=subset_field,
-                     limit=limit, baseline=baseline, overwrite=overwrite)
+                     limit=limit, baseline=baseline, overwrite=overwrite, recipe=recipe,
+                     allow_baseline_mismatch=allow_baseline_mismatch)
     try:
         summary = run_eval(s)
     except _eval_errors() as e:
@@ -81,13 +96,20 @@ def eval_cmd(manifest: str, out: str, model_path: str, adapter: str | None, quan
     def num(x: float | None, unit: str = "") -> str:
         return "-" if x is None else f"{x:.2f}{unit}"  # None: no text view (audio-only items)
 
-    line = f"text {num(summary['text_acc'], '%')}  audio {num(summary['audio_acc'], '%')}  gap {num(summary['gap'])}"
+    line = (f"text {num(summary['text_acc'], '%')}  audio {num(summary['audio_acc'], '%')}  "
+            f"gap (text - audio) {num(summary['gap'])} points")
     b = summary.get("baseline")
     if b and b["gap_reduction"] is not None:
-        line += f"  gap reduction {100 * b['gap_reduction']:.1f}% ({b['avg_gap_base']:.2f} -> {b['avg_gap_method']:.2f})"
+        line += (f"  gap reduction {100 * b['gap_reduction']:.1f}% (average gap against the base text view: "
+                 f"base {b['avg_gap_base']:.2f} -> this run {b['avg_gap_method']:.2f})")
     elif b:
         line += f"  gap reduction undefined (base average gap {b['avg_gap_base']:.2f} is not positive)"
-    click.echo(f"{line}\nwritten: {out}/summary.json, summary.md, responses.jsonl, accuracy.png")
+    for w in (b or {}).get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    prompt = summary["prompt"]["instruction"]
+    click.echo(f"{line}\nprompt: instruction {prompt!r} ({summary['settings_from'].get('instruction')}), "
+               f"max_new_tokens {summary['decoding']['max_new_tokens']} ({summary['settings_from'].get('max_new_tokens')})"
+               f"\nwritten: {out}/summary.json, summary.md, responses.jsonl, accuracy.png")
 
 
 @click.command("judge-check")
@@ -125,14 +147,15 @@ def judge_check(pairs: str, mode: str, model_path: str, quantization: str, devic
 @click.option("--limit", type=click.IntRange(min=1), default=32, show_default=True, help="Items to roll out.")
 @click.option("--rollouts", default=1, show_default=True, help="Audio rollouts per item.")
 @click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature of the rollouts (CORD: 1.0).")
-@click.option("--max-new-tokens", default=200, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Rollout length limit [default: the trained rollout.max_new_tokens; else 200].")
 @click.option("--batch-size", default=4, show_default=True)
 @click.option("--chunk-size", default=64, show_default=True, help="Positions per full-vocabulary log-softmax chunk.")
 @click.option("--top", default=20, show_default=True, help="Rows of the top-divergence tables.")
 @click.option("--strip", default=None, help="Item id drawn as the heat strip (default: the first item).")
-def diagnose(manifest: str, out: str, model_path: str, adapter: str | None, quantization: str, device: str,
-             instruction: str, system_prompt: str | None, seed: int, overwrite: bool, limit: int, rollouts: int,
-             temperature: float, max_new_tokens: int, batch_size: int, chunk_size: int, top: int,
+def diagnose(manifest: str, out: str, model_path: str, adapter: str | None, recipe: str | None, quantization: str,
+             device: str, instruction: str | None, system_prompt: str | None, seed: int, overwrite: bool, limit: int,
+             rollouts: int, temperature: float, max_new_tokens: int | None, batch_size: int, chunk_size: int, top: int,
              strip: str | None) -> None:
     """Per-token reverse KL (audio view vs text view) along audio rollouts: where the gap lives."""
     from cordlite.eval.diagnose import DiagnoseSettings, run_diagnose
@@ -141,7 +164,7 @@ def diagnose(manifest: str, out: str, model_path: str, adapter: str | None, quan
                          device=device, instruction=instruction, system_prompt=system_prompt, limit=limit,
                          rollouts=rollouts, temperature=temperature, max_new_tokens=max_new_tokens,
                          batch_size=batch_size, seed=seed, chunk_size=chunk_size, top=top, strip=strip,
-                         overwrite=overwrite)
+                         overwrite=overwrite, recipe=recipe)
     try:
         r = run_diagnose(s)
     except _eval_errors() as e:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cordlite.eval.io import EvalError, check_run_file, load_eval_model, resolve_model
+from cordlite.eval.io import EvalError, check_run_file, load_eval_model, resolve_model, resolve_prompt
 from cordlite.eval.report import divergence_histogram, heat_strip
 from cordlite.files import append_jsonl, md_table, read_jsonl, write_text_atomic
 
@@ -42,12 +42,12 @@ class DiagnoseSettings:
     adapter: str | None = None
     quantization: str = "none"
     device: str = "auto"
-    instruction: str = ""
+    instruction: str | None = None  # None: as trained (cordlite.eval.evaluate.resolve_prompt)
     system_prompt: str | None = None
     limit: int | None = 32
     rollouts: int = 1
     temperature: float = 1.0
-    max_new_tokens: int = 200
+    max_new_tokens: int | None = None  # None: as trained
     batch_size: int = 4
     seed: int = 0
     chunk_size: int = 64
@@ -56,6 +56,7 @@ class DiagnoseSettings:
     strip: str | None = None  # item id drawn as the heat strip; None = the first item
     overwrite: bool = False
     progress: bool = True
+    recipe: str | None = None  # a training recipe: its model, instruction, system prompt and max_new_tokens
 
 
 RESUME_KEYS = ("manifest", "model", "adapter", "quantization", "instruction", "system_prompt", "rollouts",
@@ -153,6 +154,7 @@ def run_diagnose(s: DiagnoseSettings) -> dict:
     from cordlite.data import read_manifest
     from cordlite.models.tokens import audio_special_token_ids, end_token_ids
 
+    s, _ = resolve_prompt(s)
     if min(s.rollouts, s.batch_size, s.max_new_tokens, s.chunk_size, s.top) < 1 or s.temperature <= 0:
         raise EvalError("--rollouts, --batch-size, --max-new-tokens, --chunk-size and --top must be >= 1 and "
                         "--temperature > 0 (D_t is measured along sampled rollouts)")

@@ -1,8 +1,15 @@
 """Audio-vs-text accuracy on a manifest: the gap, and how much of it a trained run closed.
 
-    cordlite eval MANIFEST --model BASE --out runs/eval_base
-    cordlite eval MANIFEST --adapter runs/cord/adapter --out runs/eval_cord \\
+    cordlite eval MANIFEST --recipe RECIPE --out runs/eval_base      # the base, prompted as RECIPE trains
+    cordlite eval MANIFEST --adapter runs/cord --out runs/eval_cord \\
         --baseline runs/eval_base/summary.json
+
+The prompt and the answer length are those the model was trained with, unless given
+(`--instruction`, `--system-prompt`, `--max-new-tokens`): read from the adapter's metadata (or its
+run's config.yaml), else from `--recipe`, else from the prompt cordlite merge recorded with a
+merged checkpoint. summary.json says which was used and where it came from, and a `--baseline`
+made with another prompt, decoding or answer length is refused (`--allow-baseline-mismatch`
+compares anyway, with the differences listed as warnings).
 
 Every item is answered twice by the same model: from its audio (audio view) and from its text
 (text view: the same chat template with the question text where the audio was). Decoding is
@@ -32,8 +39,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cordlite.eval.io import EvalError, check_run_file, load_eval_model, resolve_model
-from cordlite.eval.summary import baseline_report, load_baseline, summarize, write_outputs
+from cordlite.eval.io import EvalError, check_run_file, load_eval_model, resolve_model, resolve_prompt
+from cordlite.eval.summary import baseline_mismatch, baseline_report, load_baseline, summarize, write_outputs
 from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.conventions import EXTRACTION_MODES, convention_score
 from cordlite.judge.verify import LETTERS, describe, extract_final_answer, has_final_answer
@@ -43,13 +50,13 @@ from cordlite.judge.verify import LETTERS, describe, extract_final_answer, has_f
 class EvalSettings:
     manifest: str
     out: str
-    model: str = ""  # base or merged checkpoint; "" = the base recorded with --adapter
-    adapter: str | None = None
+    model: str = ""  # base or merged checkpoint; "" = the base recorded with --adapter (or --recipe's model)
+    adapter: str | None = None  # an adapter directory or the run directory holding adapter/
     quantization: str = "none"
     device: str = "auto"
-    instruction: str = ""
-    system_prompt: str | None = None
-    max_new_tokens: int = 512
+    instruction: str | None = None  # None: as trained (resolve_prompt), else "" with a note
+    system_prompt: str | None = None  # None: as trained, else the chat template's
+    max_new_tokens: int | None = None  # None: the trained rollout.max_new_tokens, else DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
@@ -62,6 +69,8 @@ class EvalSettings:
     baseline: str | None = None
     overwrite: bool = False
     progress: bool = True
+    recipe: str | None = None  # a training recipe: its model, instruction, system prompt and max_new_tokens
+    allow_baseline_mismatch: bool = False
 
 
 # Settings a resumed run must share with the lines already in responses.jsonl.
@@ -206,7 +215,8 @@ def run_eval(s: EvalSettings) -> dict:
     """Answer, score and summarise; returns the summary (also written to OUT/summary.json)."""
     from cordlite.data import AudioCache, check_clips, clip_problems_message, read_manifest
 
-    if s.batch_size < 1 or s.max_new_tokens < 1 or s.temperature < 0 or not 0 < s.top_p <= 1:
+    if s.batch_size < 1 or (s.max_new_tokens is not None and s.max_new_tokens < 1) or s.temperature < 0 \
+            or not 0 < s.top_p <= 1:
         raise EvalError("--batch-size and --max-new-tokens must be >= 1, --temperature >= 0 (0 = greedy), "
                         "--top-p in (0, 1]")
     examples = read_manifest(s.manifest)
@@ -218,6 +228,10 @@ def run_eval(s: EvalSettings) -> dict:
     if bad:
         raise EvalError(f"{s.manifest}: row {bad[0][0]!r} has extraction {bad[0][1]!r} ({len(bad)} row(s) in all); "
                         f"use one of {', '.join(EXTRACTION_MODES)} or drop the field (the judge decides)")
+    s, origin = resolve_prompt(s)
+    if origin["instruction"] == "none recorded" and s.progress:
+        print(f"note: no training prompt is recorded for {s.model or s.adapter}: answering with no instruction "
+              "after the question; pass --recipe RECIPE or --instruction TEXT as in training", file=sys.stderr)
     if s.limit is not None:
         examples = examples[: s.limit]
     clips = check_clips(examples, AudioCache().max_seconds, limit="the audio window")  # headers only: every bad clip before the model loads
@@ -225,11 +239,17 @@ def run_eval(s: EvalSettings) -> dict:
         raise EvalError(clip_problems_message(Path(s.manifest), clips.problems))
     for note in clips.notes():
         print(f"note: {s.manifest}: {note}", file=sys.stderr)
-    baseline = load_baseline(s.baseline) if s.baseline else None
     model_path = resolve_model(s.model, s.adapter)
+    settings = {**dataclasses.asdict(s), "model": model_path}
+    baseline = load_baseline(s.baseline) if s.baseline else None
+    mismatch = baseline_mismatch(baseline, settings) if baseline is not None else []
+    if mismatch and not s.allow_baseline_mismatch:  # before any answer: the comparison would mean nothing
+        raise EvalError(f"--baseline {s.baseline} was made with other settings ({'; '.join(mismatch)}): its gap "
+                        "is not comparable with this run's. Evaluate both with the same prompt and decoding (an "
+                        "adapter's eval takes its training prompt; give the base eval --recipe RECIPE), or pass "
+                        "--allow-baseline-mismatch to compare anyway")
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {**dataclasses.asdict(s), "model": model_path}
     check_run_file(out, settings, RESUME_KEYS, "responses.jsonl", s.overwrite)
     responses = out / "responses.jsonl"
     by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
@@ -238,7 +258,7 @@ def run_eval(s: EvalSettings) -> dict:
     by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
     rows = [by_key[(ex.id, m)] for ex in examples for m in modalities_of(ex)]
     subsets = {ex.id: subset_of(ex, s.subset_field) for ex in examples}
-    summary = summarize(rows, subsets, settings)
+    summary = summarize(rows, subsets, settings, origin)
     if baseline is not None:
         summary["baseline"] = baseline_report(baseline, summary, s.baseline)
     write_outputs(out, summary)

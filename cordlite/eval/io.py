@@ -7,6 +7,7 @@ rerun continues only when the settings that shape the results are the same (else
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,22 +18,74 @@ class EvalError(RuntimeError):
     """A problem with the inputs or the output directory; the message says what to do."""
 
 
+DEFAULT_MAX_NEW_TOKENS = 200  # the paper's limit, when nothing records the trained one
+
+
+def resolve_prompt(s):
+    """Eval or diagnose settings (a dataclass with model, adapter, recipe, instruction, system_prompt,
+    max_new_tokens) with the prompt and answer length the model was trained with filled in where the
+    user gave none, and where each came from ({"instruction": source, "max_new_tokens": source}).
+    Precedence: the option, then the adapter's training recipe, then --recipe, then the prompt cordlite
+    merge recorded with a merged checkpoint; else no instruction and DEFAULT_MAX_NEW_TOKENS."""
+    from cordlite.models.adapter import (AdapterError, exported_prompt, locate_adapter, trained_prompt,
+                                         training_recipe)
+
+    found, adapter = None, s.adapter
+    if s.adapter:
+        try:
+            adapter_dir, run_dir = locate_adapter(s.adapter)
+        except AdapterError as e:
+            raise EvalError(f"--adapter {e}") from None
+        adapter = str(adapter_dir)
+        found = trained_prompt(training_recipe(adapter_dir, run_dir), f"the adapter's training recipe ({adapter_dir})")
+    model = s.model
+    if getattr(s, "recipe", None):
+        from cordlite.recipe import load_recipe, recipe_to_dict
+        from cordlite.schema import ConfigError
+
+        try:
+            recipe = load_recipe(s.recipe, (), check_paths=False)
+        except ConfigError as e:
+            raise EvalError(f"--recipe {e}") from None
+        model = model or ("" if s.adapter else recipe.model.name_or_path)
+        found = found or trained_prompt(recipe_to_dict(recipe), f"--recipe {s.recipe}")
+    if found is None and model:
+        found = exported_prompt(model)
+        if found is not None:
+            found = dataclasses.replace(found, source=f"the merged model's {Path(found.source).name}")
+    origin = {}
+    instruction, system_prompt, max_new_tokens = s.instruction, s.system_prompt, s.max_new_tokens
+    if instruction is None:
+        instruction = found.instruction if found else ""
+        origin["instruction"] = found.source if found else "none recorded"
+    else:
+        origin["instruction"] = "--instruction"
+    if system_prompt is None and found is not None:
+        system_prompt = found.system_prompt
+    if max_new_tokens is None:
+        known = found is not None and found.max_new_tokens is not None
+        max_new_tokens = found.max_new_tokens if known else DEFAULT_MAX_NEW_TOKENS
+        origin["max_new_tokens"] = found.source if known else f"the default ({DEFAULT_MAX_NEW_TOKENS})"
+    else:
+        origin["max_new_tokens"] = "--max-new-tokens"
+    return dataclasses.replace(s, model=model, adapter=adapter, instruction=instruction, system_prompt=system_prompt,
+                               max_new_tokens=max_new_tokens), origin
+
+
 def resolve_model(model: str, adapter: str | None) -> str:
     """--model, or the base model cordlite recorded next to --adapter."""
     if model:
         return model
     if adapter:
-        from cordlite.models.adapter import ADAPTER_META
+        from cordlite.models.adapter import recorded_base_models
 
-        meta_path = Path(adapter) / ADAPTER_META
-        if meta_path.is_file():
-            try:
-                base = json.loads(meta_path.read_text(encoding="utf-8")).get("base_model")
-            except (OSError, ValueError, AttributeError):
-                base = None
-            if isinstance(base, str) and base:
-                return base
-        raise EvalError(f"--adapter {adapter}: no base model recorded in {ADAPTER_META}; pass --model BASE")
+        try:
+            recorded = recorded_base_models(adapter)
+        except RuntimeError as e:  # unreadable metadata
+            raise EvalError(f"--adapter {e}") from None
+        if recorded:
+            return recorded[0]
+        raise EvalError(f"--adapter {adapter}: no base model recorded with it; pass --model BASE")
     raise EvalError("--model: required (a Qwen2-Audio checkpoint directory or hub id, or a merged model)")
 
 

@@ -71,6 +71,19 @@ def divergence_histogram(values: list[float], p80: float, path: Path, bins: int 
         plt.close(fig)
 
 
+def _font_chars() -> set[int]:
+    """The code points matplotlib's default font can draw (so a label never asks for a missing glyph)."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    return set(FT2Font(font_manager.findfont(font_manager.FontProperties())).get_charmap())
+
+
+def drawable(text: str, chars: set[int]) -> str:
+    """`text` with each character the font lacks shown as "?" (the tables in diagnose.md keep the real ones)."""
+    return "".join(c if ord(c) in chars else "?" for c in text)
+
+
 def heat_strip(tokens: list[str], values: list[float], path: Path, title: str = "", per_row: int = 16) -> Path:
     """One rollout, token by token, each cell coloured by its D_t (wrapped into rows)."""
     plt = _pyplot()
@@ -81,18 +94,19 @@ def heat_strip(tokens: list[str], values: list[float], path: Path, title: str = 
     vmax = max(values) if values and max(values) > 0 else 1.0
     norm = colors.Normalize(vmin=0.0, vmax=vmax)
     cmap = colormaps["magma_r"]
+    chars = _font_chars()
     fig, ax = plt.subplots(figsize=(per_row * 0.75, 0.55 * rows + 0.9))
     for i, (tok, v) in enumerate(zip(tokens, values)):
         r, c = divmod(i, per_row)
         ax.add_patch(plt.Rectangle((c, rows - 1 - r), 1, 1, facecolor=cmap(norm(v)), edgecolor="white"))
-        label = tok.replace("\n", "\\n")
+        label = drawable(tok.replace("\n", "\\n"), chars)
         label = label if len(label) <= 7 else label[:6] + "~"
         ax.text(c + 0.5, rows - 1 - r + 0.5, label, ha="center", va="center", fontsize=6,
                 color="white" if norm(v) > 0.55 else "black")
     ax.set_xlim(0, per_row)
     ax.set_ylim(0, rows)
     ax.set_axis_off()
-    ax.set_title(title, fontsize=8)
+    ax.set_title(drawable(title, chars), fontsize=8)
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, pad=0.01, label="D_t")
     try:
         return _save(fig, path)

@@ -20,8 +20,41 @@ from cordlite.files import md_table, write_text_atomic
 from cordlite.judge.conventions import EXTRACTION_MODES
 
 
-def summarize(rows: list[dict], subsets: dict[str, str], settings: dict) -> dict:
-    """Accuracies per subset (percent), their average over subsets, and all items together."""
+def run_record(settings: dict, origin: dict | None = None) -> dict:
+    """The decoding, prompt and judge a run answers with, as summary.json records them."""
+    greedy = settings["temperature"] == 0
+    origin = origin or {}
+    return {
+        "decoding": {"greedy": greedy, "temperature": None if greedy else settings["temperature"],
+                     "top_p": None if greedy else settings["top_p"], "max_new_tokens": settings["max_new_tokens"],
+                     "seed": settings["seed"], "batch_size": settings["batch_size"],
+                     "quantization": settings["quantization"]},
+        "prompt": {"instruction": settings["instruction"], "system_prompt": settings["system_prompt"]},
+        "settings_from": {k: origin[k] for k in ("instruction", "max_new_tokens") if k in origin},
+        "judge_mode": settings["judge"],
+    }
+
+
+# What a baseline must share with the run it is compared with (seed and batch size do not change a
+# greedy answer; the manifest and subsets are checked by baseline_report).
+_COMPARED = {"decoding": ("greedy", "temperature", "top_p", "max_new_tokens", "quantization"),
+             "prompt": ("instruction", "system_prompt")}
+
+
+def baseline_mismatch(base: dict, settings: dict) -> list[str]:
+    """The settings in which a baseline summary differs from this run's ("section.key: base -> this")."""
+    mine = run_record(settings)
+    out = [f"{section}.{k}: baseline {base[section][k]!r}, this run {mine[section][k]!r}"
+           for section, keys in _COMPARED.items() for k in keys
+           if k in (base.get(section) or {}) and base[section][k] != mine[section][k]]
+    if (base.get("judge") or {}).get("mode") not in (None, mine["judge_mode"]):
+        out.append(f"judge.mode: baseline {base['judge']['mode']!r}, this run {mine['judge_mode']!r}")
+    return out
+
+
+def summarize(rows: list[dict], subsets: dict[str, str], settings: dict, origin: dict | None = None) -> dict:
+    """Accuracies per subset (percent), their average over subsets, and all items together.
+    `origin` says where the instruction and max_new_tokens came from (evaluate.resolve_prompt)."""
     names = sorted(set(subsets.values()))
     with_text = {r["id"] for r in rows if r["modality"] == "text"}
     table = {}
@@ -46,18 +79,14 @@ def summarize(rows: list[dict], subsets: dict[str, str], settings: dict) -> dict
         return sum(values) / len(values) if values else None
 
     avg = {k: mean(k) for k in ("text_acc", "audio_acc", "gap")}
-    greedy = settings["temperature"] == 0
+    record = run_record(settings, origin)
     return {
         "model": settings["model"], "adapter": settings["adapter"], "manifest": settings["manifest"],
         "n_items": n_all, "text_acc": accuracy(tc, n_both), "audio_acc": accuracy(ac, n_all),
         "gap": accuracy(tc, n_both) - accuracy(ac_both, n_both) if n_both else None,
         "audio_only_subsets": [k for k, t in table.items() if t["text_n"] == 0],
         "average_over_subsets": avg, "subset_field": settings["subset_field"], "subsets": table,
-        "decoding": {"greedy": greedy, "temperature": None if greedy else settings["temperature"],
-                     "top_p": None if greedy else settings["top_p"], "max_new_tokens": settings["max_new_tokens"],
-                     "seed": settings["seed"], "batch_size": settings["batch_size"],
-                     "quantization": settings["quantization"]},
-        "prompt": {"instruction": settings["instruction"], "system_prompt": settings["system_prompt"]},
+        "decoding": record["decoding"], "prompt": record["prompt"], "settings_from": record["settings_from"],
         "judge": {"mode": settings["judge"], "model": None if settings["judge"] == "rules" else settings["judge_model"],
                   "by_rules": sum(r["judged_by"] == "rules" for r in rows),
                   "by_llm": sum(r["judged_by"] == "llm" for r in rows),
@@ -106,9 +135,9 @@ def baseline_report(base: dict, summary: dict, path: str) -> dict:
         raise EvalError(f"--baseline {path}: {e} (this run: {sorted(ms)}, baseline: {sorted(bs)}); use the same "
                         "manifest and --subset-field") from None
     warnings = []
-    for section in ("decoding", "prompt"):
+    for section in ("decoding", "prompt"):  # refused before the run unless --allow-baseline-mismatch
         for k, v in (summary.get(section) or {}).items():
-            if k != "batch_size" and (base.get(section) or {}).get(k, v) != v:
+            if k not in ("batch_size", "seed") and (base.get(section) or {}).get(k, v) != v:
                 warnings.append(f"{section}.{k} differs: baseline {base[section][k]!r}, this run {v!r}")
     if base.get("manifest") not in (None, summary["manifest"]):
         warnings.append(f"manifest differs: baseline {base['manifest']!r}, this run {summary['manifest']!r}")
@@ -133,7 +162,8 @@ def summary_markdown(s: dict) -> str:
         f"- model: `{s['model']}`" + (f", adapter: `{s['adapter']}`" if s["adapter"] else ""),
         f"- manifest: `{s['manifest']}` ({s['n_items']} items, subsets by `{s['subset_field']}`)",
         f"- decoding: {dec}, max_new_tokens {d['max_new_tokens']}, seed {d['seed']}, weights {d['quantization']}",
-        f"- instruction: {s['prompt']['instruction']!r}",
+        f"- instruction: {s['prompt']['instruction']!r}"
+        + (f" (from {s['settings_from']['instruction']})" if (s.get("settings_from") or {}).get("instruction") else ""),
         f"- judge: {s['judge']['mode']}" + (f" ({s['judge']['model']})" if s["judge"]["model"] else "")
         + f"; decided by rules {s['judge']['by_rules']}, by LLM {s['judge']['by_llm']}, "
           f"unparseable {s['judge']['unparseable']}"

@@ -4,7 +4,8 @@
     load             the base model and processor, every weight frozen (load_base, bnb_config)
     targets          which linear layers LoRA adapts
     lora             attach_lora, adapters_off (the teacher: the same weights, adapters bypassed), base_of
-    adapter          save and load adapters with their metadata; refuse one made for another base
+    adapter          save and load adapters with their metadata; refuse one made for another base;
+                     find one from a run directory and read what it was trained with (TrainedPrompt)
     tokens           the ids that end an answer and those never to be sampled
     sampling         sample completions (Rollouts, completion_mask): used by the step, the judge,
                      eval, infer and the testbed

@@ -1,8 +1,11 @@
-"""Saved LoRA adapters: write them atomically with cordlite's metadata, read them back, and
-refuse an adapter recorded for another base model.
+"""Saved LoRA adapters: write them atomically with cordlite's metadata, read them back, find
+them from a run directory, tell what they were trained with, and refuse an adapter recorded for
+another base model.
 
     save_adapter(model, "RUN/adapter", {"base_model": ...})
     model = load_adapter(base, "RUN/adapter")          # PeftModel; AdapterBaseMismatch on another base
+    adapter_dir, run_dir = locate_adapter("RUN")       # a run, a checkpoint's adapter or an adapter dir
+    prompt = trained_prompt(training_recipe(adapter_dir, run_dir), "RUN/adapter")  # instruction, max_new_tokens
 """
 
 from __future__ import annotations
@@ -10,11 +13,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from cordlite.files import replace_dir
 
 ADAPTER_META = "cordlite_adapter.json"
+EXPORT_META = "cordlite_export.json"  # written by cordlite merge next to a merged checkpoint
+
+
+class AdapterError(RuntimeError):
+    """No adapter where one was named; the message says what to pass instead."""
 
 
 def save_adapter(model, out_dir: str | Path, meta: dict) -> Path:
@@ -112,3 +121,79 @@ def load_adapter(model, adapter_dir: str | Path, allow_base_mismatch: bool = Fal
     if not allow_base_mismatch:
         check_adapter_base(adapter_dir, model.name_or_path)
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+
+
+def locate_adapter(path: str | Path) -> tuple[Path, Path | None]:
+    """(adapter directory, run directory or None) for a run directory, a checkpoint's adapter or a
+    bare adapter directory. AdapterError names the path and what to pass when none is there."""
+    p = Path(path).expanduser()
+    if (p / "adapter_config.json").is_file():
+        adapter_dir = p
+    elif (p / "adapter" / "adapter_config.json").is_file():
+        adapter_dir = p / "adapter"
+    elif not p.exists():
+        raise AdapterError(f"{p}: not found; pass a run directory (holding adapter/) or an adapter directory")
+    else:
+        steps = sorted((p / "checkpoints").glob("step_*/adapter/adapter_config.json"))
+        hint = (f"; the run has no final adapter yet: finish it with `cordlite train ... --resume`, or pass a "
+                f"checkpoint such as {steps[-1].parent}") if steps else ""
+        raise AdapterError(f"{p}: neither a run directory with adapter/ nor an adapter directory "
+                           f"(no adapter_config.json){hint}")
+    adapter_dir = adapter_dir.resolve()
+    # RUN/adapter, or RUN/checkpoints/step_N/adapter: the run is where config.yaml is.
+    for cand in (adapter_dir.parent, adapter_dir.parents[2] if len(adapter_dir.parents) > 2 else None):
+        if cand is not None and (cand / "config.yaml").is_file():
+            return adapter_dir, cand
+    return adapter_dir, None
+
+
+def training_recipe(adapter_dir: str | Path, run_dir: str | Path | None = None) -> dict | None:
+    """The resolved recipe an adapter was trained with: its metadata's, else its run's config.yaml."""
+    import yaml
+
+    recipe = adapter_metadata(adapter_dir).get("recipe")
+    if recipe is None and run_dir is not None:
+        try:
+            recipe = yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            recipe = None
+    return recipe if isinstance(recipe, dict) else None
+
+
+@dataclass(frozen=True)
+class TrainedPrompt:
+    """How a model was prompted and decoded in training, as cordlite recorded it."""
+
+    instruction: str
+    system_prompt: str | None
+    max_new_tokens: int | None  # the rollouts' limit (rollout.max_new_tokens)
+    source: str  # the file or recipe it was read from
+
+
+def trained_prompt(recipe: dict | None, source: str) -> TrainedPrompt | None:
+    """The prompt and rollout length of a resolved recipe (a dict as in config.yaml), or None."""
+    if not isinstance(recipe, dict):
+        return None
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    rollout = recipe.get("rollout") if isinstance(recipe.get("rollout"), dict) else {}
+    limit = rollout.get("max_new_tokens")
+    return TrainedPrompt(data.get("instruction") or "", data.get("system_prompt"),
+                         limit if isinstance(limit, int) and limit > 0 else None, source)
+
+
+def exported_prompt(model_path: str | Path) -> TrainedPrompt | None:
+    """The training prompt cordlite merge recorded next to a merged checkpoint (EXPORT_META), or None."""
+    meta_path = Path(model_path) / EXPORT_META
+    if not meta_path.is_file():
+        return None
+    try:
+        export = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(export, dict):
+        return None
+    found = trained_prompt(export.get("recipe"), str(meta_path))
+    prompt = export.get("prompt") if isinstance(export.get("prompt"), dict) else None
+    if found is None and prompt is not None:  # an export without its recipe: the prompt alone
+        found = TrainedPrompt(prompt.get("instruction") or "", prompt.get("system_prompt"), None, str(meta_path))
+    return found

@@ -172,7 +172,7 @@ class FrameCache:
         """Write every frame to `path` (atomically), with the encoder digest and the clips digest."""
         from safetensors.torch import save_file
 
-        from cordlite.files import temp_path
+        from cordlite.files import ordinary_modes, temp_path
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +180,7 @@ class FrameCache:
         try:
             save_file({k: v.contiguous() for k, v in self.frames.items()}, str(tmp),
                       metadata={"format": "cordlite-frames-1", "encoder": encoder, "clips": clips})
+            ordinary_modes(tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from cordlite.config import ModelConfig, QuantizationConfig
+from cordlite.config import TINY_MODEL_DIR, ModelConfig, QuantizationConfig, is_tiny_path
 from cordlite.models.runtime import ModelLoadError, Runtime
 
 
@@ -40,7 +40,7 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
     path = model_cfg.name_or_path
-    if model_cfg.create_tiny_if_missing:
+    if model_cfg.create_tiny_if_missing and is_tiny_path(path, TINY_MODEL_DIR):
         from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
 
         ensure_tiny_qwen2audio(path)

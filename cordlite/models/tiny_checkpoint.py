@@ -30,6 +30,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cordlite.files import ordinary_modes
 from cordlite.models.tiny import TinySpec, build_model
 from cordlite.models.tiny_processor import build_processor, corpus_digest, default_corpus, special_ids, train_tokenizer
 
@@ -146,6 +147,7 @@ def build_tiny_qwen2audio(
             "special_token_ids": special_ids(tokenizer),
         }
         (tmp_dir / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        ordinary_modes(tmp_dir)  # mkdtemp makes 0700 and safetensors 0600: the checkpoint is an ordinary folder
         _install(tmp_dir, out_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)

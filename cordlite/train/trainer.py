@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from cordlite.config import Recipe
+from cordlite.config import TINY_MANIFEST, TINY_MODEL_DIR, Recipe, is_tiny_path
 from cordlite.data import (AudioCache, Example, ManifestError, batch_indices, check_clips, clip_problems_message,
                            encode_views, has_text_view, prompt_length_problems, read_manifest, text_views)
 from cordlite.files import sha256_file, write_text_atomic
@@ -141,7 +141,8 @@ def prepare_data(recipe: Recipe, dist: Dist) -> tuple[list[Example], int | None]
     """The manifest's examples, checked (rows, then every clip's header) before any work, and how
     many bad rows data.skip_bad_rows left out (None when it is off: a bad row stops the run)."""
     manifest = Path(recipe.data.train_manifest)
-    if recipe.data.create_tiny_if_missing and not manifest.exists() and dist.main:
+    if (recipe.data.create_tiny_if_missing and is_tiny_path(str(manifest), TINY_MANIFEST) and not manifest.exists()
+            and dist.main):
         from data_tools.tiny_spoken import make_tiny_spoken_set
 
         made = make_tiny_spoken_set(manifest.parent, n_questions=recipe.data.tiny_questions, seed=recipe.train.seed)
@@ -248,7 +249,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     torch.manual_seed(recipe.train.seed)
 
     examples, rows_skipped = prepare_data(recipe, dist)
-    if recipe.model.create_tiny_if_missing and dist.main:
+    if recipe.model.create_tiny_if_missing and is_tiny_path(recipe.model.name_or_path, TINY_MODEL_DIR) and dist.main:
         from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
 
         ensure_tiny_qwen2audio(recipe.model.name_or_path)

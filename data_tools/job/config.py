@@ -127,7 +127,7 @@ def job_from_dict(raw: Any, source: str = "job", overrides: tuple[str, ...] | li
     _check(cfg, checks, check_paths)
     problems += [c for c in checks if not any(c.startswith(b) for b in bad_fields)]
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, problems, "in the TTS job's settings" if source == "flags" else "in the TTS job")
     return cfg
 
 

@@ -54,6 +54,29 @@ def _normalise_unicode(text: str) -> str:
     return unicodedata.normalize("NFKC", text)
 
 
+# A clock time: "3:45", "10:05 pm", "12:00 a.m." (hours 0-23, two-digit minutes). "3:4" (a ratio)
+# and "1:2:3" are left to the symbol rules.
+_CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[aApP]\.?\s?[mM]\.?)(?![^\W\d_]))?")
+
+
+def _clock_words(m: re.Match) -> str:
+    """ "3:45" -> "three forty five", "10:05" -> "ten oh five", "7:00" -> "seven o'clock", "pm" -> "p m"."""
+    hour, minute = int(m.group(1)), int(m.group(2))
+    if minute == 0:
+        spoken = f"{number_to_words(hour)} o'clock" if not m.group(3) else number_to_words(hour)
+    elif minute < 10:
+        spoken = f"{number_to_words(hour)} oh {number_to_words(minute)}"
+    else:
+        spoken = f"{number_to_words(hour)} {number_to_words(minute)}"
+    if m.group(3):
+        spoken += " a m" if m.group(3).strip()[0] in "aA" else " p m"
+    return f" {spoken} "
+
+
+def clock_times(text: str) -> str:
+    return _CLOCK.sub(_clock_words, text)
+
+
 # --------------------------------------------------------------------------- tokens
 
 _TOKEN = re.compile(
@@ -271,7 +294,7 @@ def _tidy(text: str) -> str:
 
 def speakable(text: str) -> str:
     """The words a TTS engine should say for `text` (see the module docstring for the rules)."""
-    text = _normalise_unicode(text)
+    text = clock_times(_normalise_unicode(text))
     text = text.replace("\\$", "\x00")  # an escaped dollar is always currency, never math
     parts: list[str] = []
     for chunk, math in segments(text):
