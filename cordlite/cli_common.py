@@ -16,17 +16,14 @@ import click
 DEBUG_ENV = "CORDLITE_DEBUG"
 VERBOSE_ENV = "CORDLITE_VERBOSE"
 
-# Messages of other libraries that a cordlite user can do nothing about (each checked on this stack):
-# (logger or warning category, message start). Everything else still shows.
+# Log messages of other libraries that a cordlite user can do nothing about (each checked on this
+# stack): logger name -> message start. Everything else still shows. (peft's FutureWarning about a
+# deprecated transformers property is silenced where cordlite calls peft: models.lora.peft_wrapping.)
 _QUIET_LOGGERS = {
     # bitsandbytes on an AVX512-BF16 CPU offers an optional kernel from a hub package ("kernels") and
     # falls back to its own when it is absent: the fallback is what runs, correctly.
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
 }
-_QUIET_WARNINGS = (
-    # peft reads the deprecated `is_gradient_checkpointing` of transformers 5 when it wraps a model.
-    (FutureWarning, r"`is_gradient_checkpointing` is deprecated"),
-)
 
 
 class _DropStart:
@@ -44,19 +41,18 @@ def verbose_wanted() -> bool:
 
 
 def quiet_libraries(verbose: bool = False) -> None:
-    """Silence the third-party messages in _QUIET_LOGGERS and _QUIET_WARNINGS and transformers'
+    """Silence the third-party messages in _QUIET_LOGGERS and transformers'
     per-load progress bars ("Loading weights", "Writing model shards"); downloads keep their bars
     (huggingface_hub's own). With `verbose` (or CORDLITE_VERBOSE=1) nothing is silenced."""
     import logging
-    import warnings
 
     if verbose or verbose_wanted():
         os.environ[VERBOSE_ENV] = "1"  # processes this command starts (accelerate, suite workers) speak too
         return
     for name, start in _QUIET_LOGGERS.items():
-        logging.getLogger(name).addFilter(_DropStart(start))
-    for category, message in _QUIET_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=category)
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropStart) for f in log.filters):  # once per process
+            log.addFilter(_DropStart(start))
     from transformers.utils import logging as hf_logging  # transformers' own module, not the whole library
 
     hf_logging.disable_progress_bar()

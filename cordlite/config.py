@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-# --------------------------------------------------------------------------- sections
-
-
 # The only paths where a recipe's create_tiny_if_missing builds the tiny model and the tiny set
 # (relative to the working directory, as recipes are): a path the user typed is never filled.
 TINY_MODEL_DIR = "cache/tiny-qwen2audio"
@@ -31,6 +28,9 @@ TINY_MANIFEST = "cache/tiny-spoken/manifest.jsonl"
 def is_tiny_path(path: str, default: str) -> bool:
     """Whether `path` names the tiny model's or tiny set's own place (`default`), spelled either way."""
     return Path(path).expanduser().resolve() == Path(default).resolve()
+
+
+# --------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)

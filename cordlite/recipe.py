@@ -43,7 +43,10 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
             if not hub_like or m.name_or_path.startswith((".", "/", "~")):
                 built = (f" (model.create_tiny_if_missing builds the tiny model only at {TINY_MODEL_DIR}; "
                          f"`cordlite tiny-model {m.name_or_path}` builds one there)" if m.create_tiny_if_missing else "")
-                problems.append(f"model.name_or_path: {m.name_or_path!r} does not exist; point it at a "
+                org = m.name_or_path.split("/")[0]
+                hub = (f" (read as a local path because the folder {org!r} exists here)"
+                       if _HUB_ID.match(m.name_or_path) and Path(org).is_dir() else "")
+                problems.append(f"model.name_or_path: {m.name_or_path!r} does not exist{hub}; point it at a "
                                 f"checkpoint directory or use a hub id (org/name){built}")
         elif local.is_dir() and not (local / "config.json").is_file() and not (tiny and not any(local.iterdir())):
             problems.append(f"model.name_or_path: {m.name_or_path!r} holds no checkpoint (no config.json); point "

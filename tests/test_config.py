@@ -467,3 +467,52 @@ def test_unquoted_no_reads_as_the_literal_not_a_boolean():
                           "data": {"train_manifest": "x/manifest.jsonl"}},
                          overrides=["train.mixed_precision=no"], check_paths=False)
     assert r.train.mixed_precision == "no"
+
+
+def test_quiet_libraries_drops_only_the_named_notices(caplog):
+    """The CLI silences the third-party notices a user cannot act on (bitsandbytes offering an
+    optional hub kernel; transformers' per-load bars) and nothing else; --verbose keeps them. peft's
+    FutureWarning is silenced around cordlite's peft calls only."""
+    import logging
+    import os
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from cordlite.cli_common import VERBOSE_ENV, _DropStart, quiet_libraries
+    from cordlite.models.lora import peft_wrapping
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    kept_filters, kept_env = list(log.filters), os.environ.pop(VERBOSE_ENV, None)
+    log.filters[:] = [f for f in kept_filters if not isinstance(f, _DropStart)]  # earlier CLI tests quieted it
+
+    def emit(verbose: bool) -> list[str]:
+        quiet_libraries(verbose)
+        with caplog.at_level(logging.WARNING, logger=log.name):
+            log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s", "no kernels")
+            log.warning("CUDA is broken")
+        return [r.getMessage() for r in caplog.records]
+
+    try:
+        assert emit(False) == ["CUDA is broken"]
+        assert not hf_logging.is_progress_bar_enabled()
+        quiet_libraries(False)  # a second call adds no second filter
+        assert sum(isinstance(f, _DropStart) for f in log.filters) == 1
+        log.filters[:] = [f for f in kept_filters if not isinstance(f, _DropStart)]
+        hf_logging.enable_progress_bar()
+        caplog.clear()
+        assert len(emit(True)) == 2 and os.environ[VERBOSE_ENV] == "1"
+        assert hf_logging.is_progress_bar_enabled()
+    finally:
+        log.filters[:] = kept_filters
+        hf_logging.enable_progress_bar()
+        os.environ.pop(VERBOSE_ENV, None)
+        if kept_env is not None:
+            os.environ[VERBOSE_ENV] = kept_env
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with peft_wrapping():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("this option is deprecated", FutureWarning)
+    assert [str(w.message) for w in seen] == ["this option is deprecated"]

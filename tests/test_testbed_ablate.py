@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cordlite.testbed.suite import Method, Suite, SuiteError, load_suite
-from cordlite.testbed.summary import plot_curves, summarize, table_markdown
+from cordlite.testbed.summary import against_base, n_operations, plot_curves, summarize, table_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,6 +41,33 @@ def test_summary_by_hand():
     assert m["curve"][0]["audio_acc"]["mean"] == 55.0 and m["curve"][0]["gap"]["mean"] == 25.0
     table = table_markdown(s)
     assert "| CORD | 60.0 ± 10.0 | 80.0 ± 2.0 | 20.0 ± 10.0 | 50.0% ± 25.0% | 20.0 ± 9.2 | +0.0 ± 2.0 |" in table
+
+
+def test_against_base_by_hand():
+    """Four clips: a (2 ops, heard), b (2 ops, misheard), c (3 ops, heard), d (3 ops, misheard)."""
+    templates = {"a": "s1|add0|sub1|q0", "b": "s1|sub0|add1|q0", "c": "s1|add0|mul1|div2|q1",
+                 "d": "s1|sub0|mul2|div1|q1"}
+    assert [n_operations(t) for t in templates.values()] == [2, 2, 3, 3]
+    heard = {"a": True, "b": False, "c": True, "d": False}
+
+    def rows(audio: str, text: str) -> list[dict]:  # "1" = right, per clip a, b, c, d
+        return [{"id": i, "view": v, "correct": flags[k] == "1", "template": templates[i]}
+                for v, flags in (("audio", audio), ("text", text)) for k, i in enumerate("abcd")]
+
+    base = rows("1000", "1111")  # the base's audio view gets only a right
+    out = against_base(rows("0110", "1101"), base, heard)  # breaks a, fixes b and c; text breaks c
+    assert out == {"audio_wrong_heard": 1, "audio_wrong_misheard": 1, "audio_fixed": 2, "audio_broken": 1,
+                   "text_broken": 1, "audio_acc_2ops": 50.0, "audio_acc_3ops": 50.0}
+    assert against_base(base, base, heard) == {"audio_wrong_heard": 1, "audio_wrong_misheard": 2, "audio_fixed": 0,
+                                               "audio_broken": 0, "text_broken": 0, "audio_acc_2ops": 50.0,
+                                               "audio_acc_3ops": 0.0}
+    # In the suite's table, mean ± std over seeds beside the base's own counts.
+    b = {"step": 0, "text_acc": 100.0, "audio_acc": 25.0, "gap": 75.0, "n": 4,
+         "against_base": against_base(base, base, heard)}
+    runs = [{**_run(s, 50.0, 75.0), "against_base": out} for s in (0, 1)]
+    table = table_markdown(summarize(_suite(seeds=(0, 1)), b, runs))
+    assert "| Base | 1 | 2 | - | - | - | 50.0 | 0.0 |" in table
+    assert "| CORD | 1.0 ± 0.0 | 1.0 ± 0.0 | 2.0 ± 0.0 | 1.0 ± 0.0 | 1.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 |" in table
 
 
 def test_zero_base_gap_gives_no_reduction(tmp_path):
@@ -84,3 +111,16 @@ def test_every_shipped_suite_and_its_method_recipes_build(path, tmp_path, monkey
         if m.kind == "lora":
             recipe = lora_recipe(s, m, s.seeds[0], tmp_path / m.name, check_paths=False)
             assert recipe.train.max_steps == s.steps
+
+
+def test_the_demo_compares_a_users_build_with_the_documented_one():
+    from cordlite.testbed.demo import DOCUMENTED_BASE, EXPECTED_RANGE, compare_with_documented
+
+    d = DOCUMENTED_BASE
+    line = compare_with_documented({"text_acc": 98.5, "audio_acc": 58.5, "gap": 40.0})
+    assert line.startswith("Your build: text 98.5 / audio 58.5 / gap 40.0; the documented build: text "
+                           f"{d['text_acc']:.1f} / audio {d['audio_acc']:.1f} / gap {d['gap']:.1f}")
+    assert line.endswith("within the range builds give.")
+    low_gap = EXPECTED_RANGE["gap"][0] - 1
+    assert "outside the range" in compare_with_documented({"text_acc": 99.0, "audio_acc": 99.0 - low_gap,
+                                                           "gap": low_gap})

@@ -120,7 +120,10 @@ def load_adapter(model, adapter_dir: str | Path, allow_base_mismatch: bool = Fal
                                 "checkpoints/step_N/adapter directory")
     if not allow_base_mismatch:
         check_adapter_base(adapter_dir, model.name_or_path)
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    from cordlite.models.lora import peft_wrapping
+
+    with peft_wrapping():
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
 
 
 def locate_adapter(path: str | Path) -> tuple[Path, Path | None]:

@@ -8,6 +8,7 @@ copy of the base.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import torch
@@ -34,7 +35,8 @@ def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
         target_modules=lora_target_regex(lora.target_modules, lora.projector, lora.audio_encoder),
         bias="none",
     )
-    peft_model = get_peft_model(model, config)
+    with peft_wrapping():
+        peft_model = get_peft_model(model, config)
     n_adapted = sum(1 for n, _ in peft_model.named_modules() if n.endswith("lora_A"))
     if n_adapted == 0:
         raise RuntimeError(f"lora.target_modules {list(lora.target_modules)} matched no linear layer of the "
@@ -43,9 +45,22 @@ def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
         if p.requires_grad:
             p.data = p.data.float()  # adapters train in fp32; autocast handles the matmuls
     if rt.gradient_checkpointing:
-        peft_model.get_base_model().gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        base = peft_model.get_base_model()
+        if hasattr(base, "activation_checkpointing_enable"):  # the name transformers 5 no longer deprecates
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return peft_model
+
+
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around peft's wrapping of a model (get_peft_model, PeftModel.from_pretrained): peft reads
+    transformers 5's deprecated `is_gradient_checkpointing` there, a FutureWarning no cordlite user
+    can act on. Silenced here only, so every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 @contextlib.contextmanager

@@ -154,10 +154,13 @@ def load_for_eval(model_dir: str | Path, adapter: str | Path | None = None):
     if adapter is not None:
         from peft import PeftModel
 
+        from cordlite.models.lora import peft_wrapping
+
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"--adapter {adapter}: no adapter_config.json there; pass RUN/adapter or "
                                     "RUN/checkpoints/step_N/adapter")
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(adapter)).eval()
     return model, processor
 
 
