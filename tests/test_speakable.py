@@ -134,3 +134,14 @@ def test_speakable_empty_and_symbol_only() -> None:
     assert speakable("") == ""
     assert speakable("   ") == ""
     assert speakable("$$ $$ {} []") == ""
+
+
+@pytest.mark.parametrize("text, spoken", [
+    ("The train leaves at 3:45.", "The train leaves at three forty five."),
+    ("Meet at 10:05 pm.", "Meet at ten oh five p m."),
+    ("Lunch is at 12:00.", "Lunch is at twelve o'clock."),
+    ("It opens at 9:30 a.m. sharp.", "It opens at nine thirty a m sharp."),
+    ("Mix them 3:4 by weight.", "Mix them three: four by weight."),  # a ratio, not a time
+])
+def test_clock_times_are_read_as_times(text: str, spoken: str) -> None:
+    assert speakable(text) == spoken

@@ -56,7 +56,7 @@ def _normalise_unicode(text: str) -> str:
 
 # A clock time: "3:45", "10:05 pm", "12:00 a.m." (hours 0-23, two-digit minutes). "3:4" (a ratio)
 # and "1:2:3" are left to the symbol rules.
-_CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*(?:[aApP]\.?\s?[mM]\.?)(?![^\W\d_]))?")
+_CLOCK = re.compile(r"(?<![\d:])([01]?\d|2[0-3]):([0-5]\d)(?![\d:])(\s*[aApP](?:\.\s?[mM]\.|\s?[mM])(?![^\W\d_]))?")
 
 
 def _clock_words(m: re.Match) -> str:
