@@ -203,6 +203,19 @@ def test_suite_and_demo_on_the_pretrained_toy_build(toy_v2, tmp_path):
         assert [p["step"] for p in result["curve"]] == [1, 2] and result["curve"][-1]["n"] == 8
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
     assert set(saved["seconds"]["build_stages"]) == {"data", "init", "text", "align", "eval"}
+
+    # `testbed eval` of a run: the run directory is enough, its figures go into the run (not the
+    # build), and a run trained with another instruction is refused, naming where it was read.
+    from cordlite.testbed.evaluate import run_eval
+
+    path, s = run_eval(out, str(tmp_path / "demo"), batch_size=8, max_new_tokens=6, progress=False)
+    assert path == (tmp_path / "demo" / "eval_test.json").resolve() and path.is_file() and s["n"] == 8
+    config = tmp_path / "demo" / "config.yaml"
+    config.write_text(config.read_text().replace("Answer step by step.", "Answer briefly."))
+    meta = tmp_path / "demo" / "adapter" / "cordlite_adapter.json"
+    meta.write_text(meta.read_text().replace("Answer step by step.", "Answer briefly."))
+    with pytest.raises(ValueError, match="data.instruction 'Answer briefly.' differs from the testbed's"):
+        run_eval(out, str(tmp_path / "demo" / "adapter"), progress=False)
     assert saved["peak_memory_gib"] > 0.1 and "peak memory" in report and "cached" in report
 
 

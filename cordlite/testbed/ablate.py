@@ -168,6 +168,11 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
              + (f"  text {point['text_acc']:.1f}%" if point["text_acc"] is not None else ""))
         return 0.0
 
+    def control_fit(batch_size: int) -> FitConfig:  # the suite's control settings, no stopping target
+        return FitConfig(lr=suite.control_lr, batch_size=batch_size, max_steps=suite.steps,
+                         warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed,
+                         schedule=suite.control_schedule)
+
     build_config = _build_config(suite.testbed)
     if build_config.get("encoder", "scratch") != "scratch":  # the pretrained build: its listen alignment
         from dataclasses import fields, replace
@@ -183,16 +188,11 @@ def _run_align(suite: Suite, method: Method, seed: int, run_dir: Path, test, ins
         used = [train_rows[i] for i in dict.fromkeys(order)][: suite.steps * per_step]
         clips = EncodedClips.of(model, processor, used, {"asr": ASR_INSTRUCTION, "chain": instruction}, progress=False,
                                 store=split_frames(suite.testbed, "train", model, processor, progress=False))
-        cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
-                        warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed,
-                        schedule=suite.control_schedule)
-        align_listen(model, processor, clips, None, train_rows, instruction, cfg, mix, progress=False,
-                     evaluate=evaluate)
+        align_listen(model, processor, clips, None, train_rows, instruction, control_fit(per_step), mix,
+                     progress=False, evaluate=evaluate)
         return curve
-    cfg = FitConfig(lr=suite.control_lr, batch_size=per_step, max_steps=suite.steps,
-                    warmup_steps=suite.control_warmup_steps, eval_every=suite.eval_every, target=2.0, seed=seed,
-                        schedule=suite.control_schedule)
-    align_audio(model, processor, train_rows, [], instruction, cfg, progress=False, evaluate=evaluate)
+    align_audio(model, processor, train_rows, [], instruction, control_fit(per_step), progress=False,
+                evaluate=evaluate)
     return curve
 
 

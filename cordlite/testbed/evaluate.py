@@ -187,10 +187,8 @@ def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "
     on one split; returns the summary path and the summary. Default path: the base's in the build
     (TESTBED_DIR/eval/base_<split>.json), an adapter's in its run (RUN/eval_<split>.json; a
     checkpoint's RUN/eval_<split>_step_N.json), never the build's folder."""
-    import yaml
-
     from cordlite.data import read_manifest
-    from cordlite.models.adapter import AdapterError, locate_adapter
+    from cordlite.models.adapter import AdapterError, locate_adapter, trained_prompt, training_recipe
     from cordlite.testbed.frames import eval_frames
 
     root = Path(testbed_dir)
@@ -203,14 +201,11 @@ def run_eval(testbed_dir: str | Path, adapter: str | None = None, split: str = "
             raise ValueError(f"--adapter {e}") from None
         adapter = str(adapter_dir)
         step = adapter_dir.parent.name if adapter_dir.parent.name.startswith("step_") else None
-        home = run_dir or adapter_dir.parent
-        default_path = home / (f"eval_{split}_{step}.json" if step else f"eval_{split}.json")
-        run_config = (run_dir or adapter_dir.parent) / "config.yaml"
-        if run_config.is_file():
-            used = (yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}).get("data", {}).get("instruction")
-            if used is not None and used != instruction:
-                raise ValueError(f"{run_config}: data.instruction {used!r} differs from the testbed's "
-                                 f"{instruction!r}; train with the testbed's instruction")
+        default_path = (run_dir or adapter_dir.parent) / (f"eval_{split}_{step}.json" if step else f"eval_{split}.json")
+        trained = trained_prompt(training_recipe(adapter_dir, run_dir), str(run_dir or adapter_dir))
+        if trained is not None and trained.instruction != instruction:
+            raise ValueError(f"{trained.source}: data.instruction {trained.instruction!r} differs from the testbed's "
+                             f"{instruction!r}; train with the testbed's instruction")
     manifest = root / "data" / f"{split}.jsonl"
     examples = read_manifest(manifest)
     model, processor = load_for_eval(root / "model", adapter)
