@@ -31,25 +31,28 @@ def run_record(settings: dict, origin: dict | None = None) -> dict:
                      "quantization": settings["quantization"]},
         "prompt": {"instruction": settings["instruction"], "system_prompt": settings["system_prompt"]},
         "settings_from": {k: origin[k] for k in ("instruction", "max_new_tokens") if k in origin},
-        "judge_mode": settings["judge"],
+        "judge": {"mode": settings["judge"]},
     }
 
 
 # What a baseline must share with the run it is compared with (seed and batch size do not change a
 # greedy answer; the manifest and subsets are checked by baseline_report).
 _COMPARED = {"decoding": ("greedy", "temperature", "top_p", "max_new_tokens", "quantization"),
-             "prompt": ("instruction", "system_prompt")}
+             "prompt": ("instruction", "system_prompt"), "judge": ("mode",)}
+
+
+def baseline_differences(base: dict, mine: dict) -> list[tuple[str, object, object]]:
+    """(section.key, baseline's value, this run's) for each setting in _COMPARED in which a baseline
+    summary differs from this run's record (run_record or a summary); keys the baseline lacks count
+    as the same (summaries written before the key existed)."""
+    return [(f"{section}.{k}", base[section][k], mine[section][k])
+            for section, keys in _COMPARED.items() for k in keys
+            if k in (base.get(section) or {}) and base[section][k] != mine[section][k]]
 
 
 def baseline_mismatch(base: dict, settings: dict) -> list[str]:
     """The settings in which a baseline summary differs from this run's ("section.key: base -> this")."""
-    mine = run_record(settings)
-    out = [f"{section}.{k}: baseline {base[section][k]!r}, this run {mine[section][k]!r}"
-           for section, keys in _COMPARED.items() for k in keys
-           if k in (base.get(section) or {}) and base[section][k] != mine[section][k]]
-    if (base.get("judge") or {}).get("mode") not in (None, mine["judge_mode"]):
-        out.append(f"judge.mode: baseline {base['judge']['mode']!r}, this run {mine['judge_mode']!r}")
-    return out
+    return [f"{key}: baseline {b!r}, this run {m!r}" for key, b, m in baseline_differences(base, run_record(settings))]
 
 
 def summarize(rows: list[dict], subsets: dict[str, str], settings: dict, origin: dict | None = None) -> dict:
@@ -134,15 +137,10 @@ def baseline_report(base: dict, summary: dict, path: str) -> dict:
     except ValueError as e:
         raise EvalError(f"--baseline {path}: {e} (this run: {sorted(ms)}, baseline: {sorted(bs)}); use the same "
                         "manifest and --subset-field") from None
-    warnings = []
-    for section in ("decoding", "prompt"):  # refused before the run unless --allow-baseline-mismatch
-        for k, v in (summary.get(section) or {}).items():
-            if k not in ("batch_size", "seed") and (base.get(section) or {}).get(k, v) != v:
-                warnings.append(f"{section}.{k} differs: baseline {base[section][k]!r}, this run {v!r}")
+    # Refused before the run unless --allow-baseline-mismatch; listed here when allowed.
+    warnings = [f"{key} differs: baseline {b!r}, this run {m!r}" for key, b, m in baseline_differences(base, summary)]
     if base.get("manifest") not in (None, summary["manifest"]):
         warnings.append(f"manifest differs: baseline {base['manifest']!r}, this run {summary['manifest']!r}")
-    if (base.get("judge") or {}).get("mode") not in (None, summary["judge"]["mode"]):
-        warnings.append(f"judge.mode differs: baseline {base['judge']['mode']!r}, this run {summary['judge']['mode']!r}")
     missing = sorted(set(bs) ^ set(ms))
     if missing:
         warnings.append(f"subsets in only one of the runs are left out: {missing}")
