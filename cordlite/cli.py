@@ -13,6 +13,7 @@ import sys
 import click
 
 from cordlite.cli_common import Group, fail, key_value_pairs, quiet_libraries
+from cordlite.config import MODEL_FAMILIES
 from cordlite.schema import ConfigError
 
 
@@ -79,21 +80,30 @@ def validate(recipe: str, overrides: tuple[str, ...], no_check_paths: bool) -> N
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @overrides_option
 def show(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Print RECIPE fully resolved (defaults and overrides applied) as YAML."""
+    """Print RECIPE fully resolved (defaults and overrides applied) as YAML, after a comment line
+    naming the model family its checkpoint resolves to."""
+    from cordlite.config import TINY_MODEL_DIR, is_tiny_path
+    from cordlite.models.families import describe_family
     from cordlite.recipe import dump_recipe
 
-    click.echo(dump_recipe(_recipe(recipe, overrides, check_paths=False)), nl=False)
+    r = _recipe(recipe, overrides, check_paths=False)
+    m = r.model
+    tiny = m.create_tiny_if_missing and is_tiny_path(m.name_or_path, TINY_MODEL_DIR)
+    click.echo(f"# model family: {describe_family(m.name_or_path, m.family, m.revision, tiny)}")
+    click.echo(dump_recipe(r), nl=False)
 
 
 @main.command("tiny-model")
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing tiny model directory.")
-def tiny_model(out_dir: str, overwrite: bool) -> None:
-    """Build a tiny random-init Qwen2-Audio with its processor in OUT_DIR (offline, seconds)."""
-    from cordlite.models.tiny_checkpoint import build_tiny_qwen2audio, ensure_tiny_qwen2audio
+@click.option("--family", type=click.Choice(MODEL_FAMILIES), default="qwen2_audio", show_default=True,
+              help="The model family (its real transformers class, processor and chat template).")
+def tiny_model(out_dir: str, overwrite: bool, family: str) -> None:
+    """Build a tiny random-init checkpoint of a model family with its processor in OUT_DIR (offline, seconds)."""
+    from cordlite.models.tiny_families import build_tiny, ensure_tiny
 
-    path = build_tiny_qwen2audio(out_dir, overwrite=True) if overwrite else ensure_tiny_qwen2audio(out_dir)
-    click.echo(f"tiny Qwen2-Audio in {path}")
+    path = build_tiny(family, out_dir, overwrite=True) if overwrite else ensure_tiny(family, out_dir)
+    click.echo(f"tiny {family} in {path}")
 
 
 @main.command("tiny-data")

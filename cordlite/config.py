@@ -30,13 +30,22 @@ def is_tiny_path(path: str, default: str) -> bool:
     return Path(path).expanduser().resolve() == Path(default).resolve()
 
 
+# The model families cordlite runs (cordlite.models.families.FAMILIES, in the same order; a test
+# keeps the two equal): what a recipe's model.family may name.
+MODEL_FAMILIES = ("qwen2_audio", "audioflamingo3")
+
+
 # --------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name_or_path: str = ""
-    """Local directory or hub id of a Qwen2-Audio checkpoint (e.g. Qwen/Qwen2-Audio-7B-Instruct)."""
+    """Local directory or hub id of an audio chat model checkpoint of a family cordlite runs
+    (docs/models.md; e.g. Qwen/Qwen2-Audio-7B-Instruct). Its family is read from config.json."""
+    family: str | None = None
+    """The model family (cordlite.models.families: qwen2_audio, audioflamingo3); unset = detected from
+    the checkpoint's config.model_type. Set it only for a checkpoint saved under another model_type."""
     create_tiny_if_missing: bool = False
     """Build the tiny random-init Qwen2-Audio when `name_or_path` is its own path, TINY_MODEL_DIR
     (cache/tiny-qwen2audio), and does not exist yet (CPU demos). Never at another path: a mistyped
@@ -63,8 +72,9 @@ class QuantizationConfig:
     """NF4 only: also quantise the quantisation constants (saves about 0.4 bit per weight)."""
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """NF4 only: dtype of the dequantised matmul; auto = bf16 on CUDA, fp32 on CPU."""
-    skip_modules: tuple[str, ...] = ("model.audio_tower", "model.multi_modal_projector", "lm_head")
-    """Full module names left unquantised. The audio encoder and projector must stay here."""
+    skip_modules: tuple[str, ...] = ()
+    """Full module names left unquantised besides the family's own audio encoder, projector and LM
+    head (always unquantised: cordlite.models.families)."""
 
 
 @dataclass(frozen=True)

@@ -297,9 +297,24 @@ def encode_views(
         enc = processor.tokenizer(expanded, return_tensors="pt", padding=True, add_special_tokens=False)
         return ViewBatch(examples, {k: enc[k] for k in ("input_ids", "attention_mask")}, text)
     clips = [audio_cache(ex) for ex in examples]
-    audio = processor(text=audio_prompts, audio=clips, sampling_rate=16000, return_tensors="pt", padding=True)
-    audio_keys = ("input_ids", "attention_mask", "input_features", "feature_attention_mask")
-    return ViewBatch(examples, {k: audio[k] for k in audio_keys}, text)
+    # Text padded to the longest prompt; the audio keeps its processor's own padding (a full window).
+    audio = processor(text=audio_prompts, audio=clips, sampling_rate=16000, return_tensors="pt",
+                      text_kwargs={"padding": True})
+    return ViewBatch(examples, audio_inputs(audio, len(examples)), text)
+
+
+def audio_inputs(encoded, n_clips: int) -> dict[str, "torch.Tensor"]:
+    """A processor's audio-view output under cordlite's names (input_ids, attention_mask,
+    input_features, feature_attention_mask: families name the mask differently), one window per clip."""
+    mask_key = next((k for k in ("feature_attention_mask", "input_features_mask") if k in encoded), None)
+    if mask_key is None or "input_features" not in encoded:
+        raise ValueError(f"the processor returned {sorted(encoded.keys())}: no mel features with their mask")
+    if encoded["input_features"].shape[0] != n_clips:
+        raise ValueError(f"the processor split {n_clips} clips into {encoded['input_features'].shape[0]} windows; "
+                         "cordlite needs one window per clip: keep clips within the encoder's window "
+                         "(data.max_audio_seconds)")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+            "input_features": encoded["input_features"], "feature_attention_mask": encoded[mask_key]}
 
 
 def expand_audio_placeholder(processor, prompt: str, n_audio: int) -> str:

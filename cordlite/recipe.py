@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cordlite.config import TINY_MANIFEST, TINY_MODEL_DIR, Recipe, is_tiny_path
+from cordlite.config import MODEL_FAMILIES, TINY_MANIFEST, TINY_MODEL_DIR, Recipe, is_tiny_path
 from cordlite.schema import ConfigError, build, to_plain
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -57,10 +57,9 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     need(len(r.lora.target_modules) > 0 or r.lora.projector or r.lora.audio_encoder,
          "lora.target_modules: list at least one linear layer name (or set lora.projector / "
          "lora.audio_encoder for an audio-side-only adapter)")
-    for needed in ("model.audio_tower", "model.multi_modal_projector"):
-        need(r.quantization.mode == "none" or needed in r.quantization.skip_modules,
-             f"quantization.skip_modules: must contain {needed!r} (the audio encoder and projector "
-             "stay unquantised and frozen)")
+    need(m.family is None or m.family in MODEL_FAMILIES,
+         f"model.family: {m.family!r} is not a family cordlite runs; use one of {', '.join(MODEL_FAMILIES)} or "
+         "leave it unset (detected from the checkpoint)")
 
     d = r.data
     if not d.train_manifest:

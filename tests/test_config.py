@@ -260,12 +260,12 @@ def test_a_field_that_failed_to_parse_is_not_reported_twice():
     ({"loss": {"lambda_seq": 1.0}, "rollout": {"group_size": 1}}, ["rollout.group_size", "loss.lambda_seq"]),
     ({"loss": {"lambda_tok": 0.0, "lambda_seq": 0.0}}, ["loss.lambda_tok", "loss.lambda_seq"]),
     ({"loss": {"lambda_seq": 0.0}, "rollout": {"share_rollouts": True}}, ["rollout.share_rollouts", "loss.lambda_seq"]),
-    ({"quantization": {"mode": "nf4", "skip_modules": ["model.multi_modal_projector", "lm_head"]}},
-     ["quantization.skip_modules", "model.audio_tower"]),
+    ({"model": {"name_or_path": "Qwen/Qwen2-Audio-7B-Instruct", "family": "qwen9_audio"}},
+     ["model.family", "qwen2_audio", "audioflamingo3"]),
     ({"data": {"frames": "f.safetensors"}, "lora": {"audio_encoder": True}}, ["data.frames", "lora.audio_encoder"]),
     ({"data": {"frames": "f.safetensors"}, "rollout": {"encode_audio_once": False}},
      ["data.frames", "rollout.encode_audio_once"]),
-], ids=["batch-multiple", "grpo-group-1", "both-lambdas-0", "share-without-seq", "skip-audio-tower",
+], ids=["batch-multiple", "grpo-group-1", "both-lambdas-0", "share-without-seq", "unknown-family",
         "frames-with-encoder-lora", "frames-without-encode-once"])
 def test_impossible_combinations(sections: dict, field_names: list[str]):
     problems = _problems(_base(**sections))

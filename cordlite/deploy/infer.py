@@ -53,8 +53,11 @@ def audio_prompt_inputs(processor, clips: list[np.ndarray], instruction: str = "
     # The template only needs to know there is an audio item; the samples go in through `audio=`.
     texts = [processor.apply_chat_template(audio_view_messages("clip", instruction, system_prompt),
                                            add_generation_prompt=True, tokenize=False) for _ in clips]
-    enc = processor(text=texts, audio=list(clips), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
-    return {k: enc[k] for k in ("input_ids", "attention_mask", "input_features", "feature_attention_mask")}
+    enc = processor(text=texts, audio=list(clips), sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                    text_kwargs={"padding": True})  # the audio keeps its processor's own padding (a full window)
+    from cordlite.data import audio_inputs
+
+    return audio_inputs(enc, len(clips))
 
 
 def decoding_tokens(model, tokenizer) -> tuple[list[int], int, list[int]]:

@@ -53,31 +53,38 @@ def pick_device(device: str) -> torch.device:
 
 
 def load_model(path: str, device: str = "auto", dtype: str = "auto", quantize: str = "none"):
-    """A Qwen2-Audio checkpoint for inference (eval mode) and its processor (left padding).
+    """A checkpoint of a family cordlite runs, for inference (eval mode), and its processor (left padding).
 
     `quantize="nf4"` loads the language model in 4 bit (audio encoder, projector and LM head stay
     unquantised); a checkpoint exported with `cordlite merge --quantize nf4` is 4-bit already.
     """
-    from transformers import AutoConfig, AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
     from cordlite.config import QuantizationConfig
-    from cordlite.models.load import bnb_config
+    from cordlite.models.families import FamilyError, detect_family, mark_family
+    from cordlite.models.load import bnb_config, model_class
     from cordlite.models.runtime import DTYPES, ModelLoadError
 
     dev = pick_device(device)
     torch_dtype = DTYPES[dtype] if dtype != "auto" else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     try:
+        family = detect_family(path)
+    except FamilyError as e:
+        raise ModelLoadError(str(e).replace("model.name_or_path: ", "--model ")) from None
+    try:
         prequantized = getattr(AutoConfig.from_pretrained(path), "quantization_config", None) is not None
         kwargs: dict = {"dtype": torch_dtype}
         if quantize == "nf4" and not prequantized:
-            kwargs["quantization_config"] = bnb_config(QuantizationConfig(mode="nf4"), torch_dtype)
+            kwargs["quantization_config"] = bnb_config(QuantizationConfig(mode="nf4"), torch_dtype,
+                                                       family.skip_modules())
         if quantize == "nf4" or prequantized:
             kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = model_class(family).from_pretrained(path, **kwargs)
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"--model: cannot load {path!r} ({e}). Pass a directory written by `cordlite merge`, "
-                             "a Qwen2-Audio checkpoint directory, or a hub id reachable from this machine") from None
+                             "a checkpoint directory, or a hub id reachable from this machine") from None
+    mark_family(model, family)
     if "device_map" not in kwargs:
         model.to(dev)
     processor.tokenizer.padding_side = "left"  # batched prompts must end at the same column

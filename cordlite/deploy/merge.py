@@ -104,12 +104,15 @@ def _free() -> None:
         torch.cuda.empty_cache()
 
 
-def export_record(src: AdapterSource, base_id: str, dtype: str, quantize: str) -> dict:
-    """cordlite_export.json: where the weights came from and the prompt they were trained with."""
+def export_record(src: AdapterSource, base_id: str, dtype: str, quantize: str, family=None) -> dict:
+    """cordlite_export.json: where the weights came from, the family (AudioFamily) and class that
+    load them, and the prompt they were trained with."""
     data = (src.recipe or {}).get("data", {})
     return {
         "format": 1,
         "base_model": base_id,
+        "family": family.name if family is not None else None,
+        "model_class": family.model_class if family is not None else None,
         "adapter": str(src.adapter_dir),
         "run_dir": str(src.run_dir) if src.run_dir else None,
         "steps": src.steps,
@@ -148,7 +151,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
     `progress(stage, message)` is called at each stage: load, reference, merge, saved, check,
     quantize, done.
     """
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoProcessor
 
     from cordlite.config import ModelConfig, QuantizationConfig
     from cordlite.deploy.loading import load_model, pick_device
@@ -156,7 +159,8 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
     from cordlite.deploy.merge_check import compare, reference
     from cordlite.files import replace_dir
     from cordlite.models.adapter import check_adapter_base, load_adapter
-    from cordlite.models.load import load_base
+    from cordlite.models.families import family_of
+    from cordlite.models.load import load_base, model_class
     from cordlite.models.runtime import DTYPES, Runtime
 
     if dtype not in ("bfloat16", "float32"):
@@ -187,6 +191,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
         progress("load", f"base {base_id} ({dtype}, unquantised) on {dev}, adapter {src.adapter_dir}")
         model, processor = load_base(ModelConfig(name_or_path=base_id, revision=revision), QuantizationConfig(mode="none"), rt)
         model = load_adapter(model, src.adapter_dir, allow_base_mismatch=allow_base_mismatch).eval()
+        family = family_of(model)
         items = ref = None
         if check_items > 0:
             items = make_items(check_items, src.recipe, check_manifest)
@@ -205,7 +210,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
 
         check = nf4_check = None
         if ref is not None:
-            reloaded = Qwen2AudioForConditionalGeneration.from_pretrained(full, dtype=DTYPES[dtype]).to(dev).eval()
+            reloaded = model_class(family).from_pretrained(full, dtype=DTYPES[dtype]).to(dev).eval()
             check = compare(reloaded, processor, items, ref, dtype, check_tokens)
             del reloaded
             _free()
@@ -227,7 +232,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
                 _free()
                 progress("check", "NF4: " + nf4_check.summary())
 
-        _write_records(final, out.name, export_record(src, base_id, dtype, quantize), check, nf4_check, evals)
+        _write_records(final, out.name, export_record(src, base_id, dtype, quantize, family), check, nf4_check, evals)
         if check is not None and not check.passed and not allow_check_failure:
             raise MergeError(f"merge check failed: {check.summary()}. Nothing was written to {out}. Merge with "
                              "--dtype float32 to tell rounding from a real mismatch, or pass --allow-check-failure "

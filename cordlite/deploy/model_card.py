@@ -47,11 +47,13 @@ def model_card(name: str, export: dict, check: dict | None, nf4_check: dict | No
     """Markdown with YAML front matter (read by model hubs). `export` is cordlite_export.json's content."""
     base = export["base_model"]
     quant = export["quantization"]
+    cls = export.get("model_class") or "Qwen2AudioForConditionalGeneration"
+    tag = (export.get("family") or "qwen2_audio").replace("_", "-")
     lines = [
         "---",
         f"base_model: {json.dumps(base)}",
         "library_name: transformers",
-        "tags: [cordlite, cord, qwen2-audio, lora-merged, audio-text-to-text]",
+        f"tags: [cordlite, cord, {tag}, lora-merged, audio-text-to-text]",
         "---",
         "",
         f"# {name}",
@@ -115,8 +117,8 @@ def model_card(name: str, export: dict, check: dict | None, nf4_check: dict | No
         "## Use",
         "",
         "```python",
-        "from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration",
-        f'model = Qwen2AudioForConditionalGeneration.from_pretrained("{name}"'
+        f"from transformers import AutoProcessor, {cls}",
+        f'model = {cls}.from_pretrained("{name}"'
         + (', device_map="auto")' if quant == "nf4" else ', dtype="auto", device_map="auto")'),
         f'processor = AutoProcessor.from_pretrained("{name}")',
         "```",

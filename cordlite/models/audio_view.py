@@ -4,8 +4,8 @@
     embeds = merge_audio(model, input_ids, project(model, hidden), lengths)         # [B, P, H]
     model(inputs_embeds=embeds, attention_mask=...)   # the same logits as model(input_ids, input_features, ...)
 
-Qwen2-Audio merges audio inside its forward: every call with `input_features` runs the encoder
-again, for each row. Split into these three steps, the encoder can run once per distinct clip
+Every family's class merges audio inside its forward: every call with `input_features` runs the
+encoder again, for each row. Split into these three steps, the encoder can run once per distinct clip
 and its frames be reused (rollout rows of the same prompt, the gradient pass, the alignment's
 cached clips), with the same numbers as the model's own forward: the same encoder mask, the
 same frames cut to each clip's length, the same placement at the audio placeholder tokens.
@@ -22,69 +22,41 @@ from cordlite.models.lora import base_of
 
 
 def _parts(model):
-    inner = base_of(model).model
-    return inner.audio_tower, inner.multi_modal_projector, inner.get_input_embeddings(), base_of(model).config
+    """(audio tower, projector, token embeddings, config, family) of a loaded model."""
+    from cordlite.models.families import family_of
+
+    base = base_of(model)
+    family = family_of(base)
+    return family.audio_tower(base), family.audio_projector(base), base.get_input_embeddings(), base.config, family
 
 
 def encode_audio(model, input_features: torch.Tensor,
                  feature_attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Audio tower output [B, T, D] and each clip's frame count [B]: on every clip's first
-    count frames, the numbers Qwen2AudioModel.forward computes (padding masked in the encoder).
-
-    T covers the longest clip of the batch, not the whole window: the Qwen2-Audio encoder runs on
-    the start of the window that holds audio (window_forward), since a frame past a clip's end
-    never reaches its valid frames (attention masks it; the convolutions see one frame beyond)."""
-    from transformers.masking_utils import create_bidirectional_mask
-
-    tower, _, _, _ = _parts(model)
-    feat_lengths, out_lengths = tower._get_feat_extract_output_lengths(feature_attention_mask.sum(-1))
-    batch, _, mel = input_features.shape
-    frames = (mel - 2) // 2 + 1  # the whole window's frames after the stride-2 convolution
-    trim = type(tower).__name__ == "Qwen2AudioEncoder"
-    if trim:  # one frame past the longest clip: its last valid frame's convolution reads that far
-        frames = min(frames, int(feat_lengths.max()) + 1)
-    valid = torch.arange(frames, device=feat_lengths.device)[None, :] < feat_lengths[:, None]  # [B, frames]
-    mask = create_bidirectional_mask(config=tower.config,
-                                     inputs_embeds=torch.zeros((batch, frames, 1), dtype=tower.conv1.weight.dtype,
-                                                               device=input_features.device),
-                                     attention_mask=valid.long())
-    if not trim:
-        return tower(input_features, attention_mask=mask).last_hidden_state, out_lengths
-    return window_forward(tower, input_features[..., : 2 * frames], mask), out_lengths
+    count frames, the numbers the model's own forward computes (its family's encode)."""
+    tower, _, _, _, family = _parts(model)
+    return family.encode(tower, input_features, feature_attention_mask)
 
 
 def window_forward(tower, input_features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Qwen2AudioEncoder.forward on the first F = mel/2 frames of the window ([B, mel bins, 2F] ->
-    [B, F/2, D]), step for step: its own modules in its own order (convolutions, position table,
-    layers with their dropout and layer drop, pooling, norm). The class itself accepts only the
-    whole window (2 x max_source_positions mel frames), whose encoder cost grows with the window,
-    not the clip: a 7 s question in a 30 s window pays for 30 s."""
-    import torch.nn.functional as F
+    """A Whisper-style encoder's forward on the start of its window (families.whisper.window_forward)."""
+    from cordlite.models.families.whisper import window_forward as forward
 
-    x = input_features.to(dtype=tower.conv1.weight.dtype, device=tower.conv1.weight.device)
-    x = F.gelu(tower.conv2(F.gelu(tower.conv1(x))))  # [B, D, F]
-    x = x.permute(0, 2, 1) + tower.embed_positions.weight[: x.shape[-1]]  # [B, F, D]
-    x = F.dropout(x, p=tower.dropout, training=tower.training)
-    for layer in tower.layers:
-        if tower.training and tower.layerdrop > 0.0 and torch.rand([]) < tower.layerdrop:
-            continue
-        x = layer(x, mask)
-    x = tower.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)  # [B, F/2, D]
-    return tower.layer_norm(x)
+    return forward(tower, input_features, mask)
 
 
 def project(model, hidden: torch.Tensor) -> torch.Tensor:
     """Encoder frames [.., D] -> the language model's input space [.., H] (the projector)."""
-    _, projector, _, _ = _parts(model)
+    _, projector, _, _, _ = _parts(model)
     return projector(hidden)
 
 
 def merge_audio(model, input_ids: torch.Tensor, projected: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Prompt embeddings [B, P, H]: token embeddings, with row b's first lengths[b] projected audio
     frames [B, T, H] written over its audio placeholder tokens, in order."""
-    _, _, embed, config = _parts(model)
+    _, _, embed, config, family = _parts(model)
     embeds = embed(input_ids)
-    audio = input_ids == config.audio_token_id  # [B, P]
+    audio = input_ids == family.audio_token_id(config)  # [B, P]
     keep = torch.arange(projected.shape[1], device=projected.device)[None, :] < lengths.to(projected.device)[:, None]
     frames = projected[keep]  # [sum of lengths, H], row by row
     if int(audio.sum()) != frames.shape[0]:
@@ -108,7 +80,7 @@ def prompt_embeds(model, prompt: dict[str, torch.Tensor],
 def encoder_is_frozen(model) -> bool:
     """True when nothing can change the audio tower's output between calls: no adapter layers in
     it and no parameter of it that trains."""
-    tower, _, _, _ = _parts(model)
+    tower, _, _, _, _ = _parts(model)
     return not any("lora_" in name or p.requires_grad for name, p in tower.named_parameters())
 
 
@@ -121,7 +93,7 @@ def encoder_digest(model) -> str:
     are this encoder's only when the digests agree."""
     import hashlib
 
-    tower, _, _, _ = _parts(model)
+    tower, _, _, _, _ = _parts(model)
     h = hashlib.sha256()
     for name, t in sorted(tower.state_dict().items()):
         t = t.detach().cpu().contiguous()
@@ -154,7 +126,7 @@ class FrameCache:
                                            audio["feature_attention_mask"].index_select(0, index))
             for i, h, n in zip(missing, hidden, lengths.tolist()):
                 self.frames[ids[i]] = h[:n].detach().to(self.dtype or h.dtype).clone()
-        tower, _, _, _ = _parts(model)  # as encode_audio returns them: the encoder's dtype and device
+        tower, _, _, _, _ = _parts(model)  # as encode_audio returns them: the encoder's dtype and device
         hidden, lengths = stack_frames([self.frames[k] for k in ids], tower.conv1.weight.dtype)
         return hidden.to(tower.conv1.weight.device), lengths.to(tower.conv1.weight.device)
 

@@ -2,7 +2,10 @@
 
     model, processor = load_base(recipe.model, recipe.quantization, resolve_runtime(...))
 
-The audio encoder and projector stay unquantised (quantization.skip_modules). LoRA goes on with
+The class is the checkpoint's family's (cordlite.models.families, from config.model_type or
+model.family); a model type cordlite does not run is refused before any weight is read. The audio
+encoder, the projector and the LM head stay unquantised (the family's, plus
+quantization.skip_modules). LoRA goes on with
 cordlite.models.lora.attach_lora; `model.backend: unsloth` loads through
 cordlite.models.unsloth_backend instead.
 """
@@ -15,48 +18,64 @@ from cordlite.config import TINY_MODEL_DIR, ModelConfig, QuantizationConfig, is_
 from cordlite.models.runtime import ModelLoadError, Runtime
 
 
-def bnb_config(quant: QuantizationConfig, compute_dtype: torch.dtype):
+def bnb_config(quant: QuantizationConfig, compute_dtype: torch.dtype, keep: tuple[str, ...] = ()):
+    """bitsandbytes settings of `quant`; `keep` (a family's audio side) is never quantised either."""
     from transformers import BitsAndBytesConfig
 
+    skip = list(dict.fromkeys(tuple(keep) + tuple(quant.skip_modules)))
     if quant.mode == "nf4":
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=quant.double_quant,
             bnb_4bit_compute_dtype=compute_dtype,
-            llm_int8_skip_modules=list(quant.skip_modules),
+            llm_int8_skip_modules=skip,
         )
     if quant.mode == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(quant.skip_modules))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return None
 
 
+def model_class(family):
+    """The transformers class of `family` (AudioFamily)."""
+    import transformers
+
+    return getattr(transformers, family.model_class)
+
+
 def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
-    """Load Qwen2AudioForConditionalGeneration and its processor; every base weight frozen."""
+    """Load the checkpoint's family class and its processor; every base weight frozen."""
     if model_cfg.backend == "unsloth":
         from cordlite.models.unsloth_backend import load_unsloth  # never imported unless asked for
 
         return load_unsloth(model_cfg, quant, rt)
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoProcessor
+
+    from cordlite.models.families import FamilyError, detect_family, mark_family
 
     path = model_cfg.name_or_path
     if model_cfg.create_tiny_if_missing and is_tiny_path(path, TINY_MODEL_DIR):
         from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
 
         ensure_tiny_qwen2audio(path)
+    try:
+        family = detect_family(path, model_cfg.family, model_cfg.revision)
+    except FamilyError as e:
+        raise ModelLoadError(str(e)) from None
     kwargs: dict = {"dtype": rt.dtype, "attn_implementation": model_cfg.attn_implementation}
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
-    bnb = bnb_config(quant, rt.compute_dtype)
+    bnb = bnb_config(quant, rt.compute_dtype, family.skip_modules())
     if bnb is not None:
         kwargs["quantization_config"] = bnb
         kwargs["device_map"] = {"": rt.device.index or 0} if rt.device.type == "cuda" else {"": "cpu"}
     try:
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = model_class(family).from_pretrained(path, **kwargs)
         processor = AutoProcessor.from_pretrained(path, **({"revision": model_cfg.revision} if model_cfg.revision else {}))
     except OSError as e:
         raise ModelLoadError(f"model.name_or_path: cannot load {path!r} ({e}). Use a local checkpoint directory "
-                             "or a hub id reachable from this machine (e.g. Qwen/Qwen2-Audio-7B-Instruct).") from None
+                             f"or a hub id reachable from this machine (e.g. {family.smallest}).") from None
+    mark_family(model, family)
     if bnb is None:
         model.to(rt.device)
     processor.tokenizer.padding_side = "left"  # completions must start at the same column in both views

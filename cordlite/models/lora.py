@@ -25,6 +25,8 @@ def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
 
         return attach_lora_unsloth(model, lora, rt, seed)
     from peft import LoraConfig as PeftLoraConfig
+
+    from cordlite.models.families import family_of
     from peft import get_peft_model
 
     torch.manual_seed(seed)  # LoRA A init
@@ -32,7 +34,7 @@ def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_target_regex(lora.target_modules, lora.projector, lora.audio_encoder),
+        target_modules=lora_target_regex(lora.target_modules, lora.projector, lora.audio_encoder, family_of(model)),
         bias="none",
     )
     with peft_wrapping():
@@ -71,7 +73,7 @@ def adapters_off(model) -> Iterator[None]:
 
 
 def base_of(model):
-    """The underlying Qwen2AudioForConditionalGeneration (inside a PeftModel or not)."""
+    """The underlying transformers model (inside a PeftModel or not)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

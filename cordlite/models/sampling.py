@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cordlite.models.families import family_of, forward_inputs
+
 
 @dataclass
 class Rollouts:
@@ -58,7 +60,7 @@ def _prompt_cache(base, prompt: dict[str, torch.Tensor], num_per_prompt: int):
     """The language model's keys and values of every prompt but its last token ([B, P-1] -> a
     cache of B * num_per_prompt rows, each prompt's repeated): generate() then reads only the last
     token, as it does after any prefilled cache, and samples on from there."""
-    lm = base.model.language_model
+    lm = family_of(base).lm(base)
     mask = prompt["attention_mask"]  # [B, P]
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate() counts them
     out = lm(inputs_embeds=prompt["inputs_embeds"][:, :-1], attention_mask=mask[:, :-1],
@@ -131,9 +133,9 @@ def sample(
     cache = {}
     if (share_prefill and num_per_prompt > 1 and "inputs_embeds" in prompt and prompt["inputs_embeds"].shape[1] > 1
             and saved.cache_implementation is None):
-        cache = {cache_kwarg(type(base.model.language_model)): _prompt_cache(base, prompt, num_per_prompt)}
+        cache = {cache_kwarg(type(family_of(base).lm(base))): _prompt_cache(base, prompt, num_per_prompt)}
     try:
-        out = model.generate(**inputs, generation_config=gen, logits_processor=processors if not greedy else None,
+        out = model.generate(**forward_inputs(base, inputs), generation_config=gen, logits_processor=processors if not greedy else None,
                              **cache)
     finally:
         base.generation_config = saved

@@ -167,8 +167,9 @@ def corpus_digest(lines: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def train_tokenizer(vocab_size: int, corpus: Sequence[str]):
-    """Train a byte-level BPE and wrap it as transformers' Qwen2Tokenizer."""
+def train_tokenizer(vocab_size: int, corpus: Sequence[str], special_tokens: Sequence[str] = SPECIAL_TOKENS):
+    """Train a byte-level BPE and wrap it as transformers' Qwen2Tokenizer, with `special_tokens`
+    (the first is end-of-text, eos and pad) appended after the BPE entries."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -186,7 +187,7 @@ def train_tokenizer(vocab_size: int, corpus: Sequence[str]):
     )
     trainer_backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(special_tokens),
         min_frequency=0,
         show_progress=False,
         special_tokens=[],
@@ -207,13 +208,13 @@ def train_tokenizer(vocab_size: int, corpus: Sequence[str]):
         merges=merges,
         unk_token=None,
         bos_token=None,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        eos_token=special_tokens[0],
+        pad_token=special_tokens[0],
+        extra_special_tokens=list(special_tokens[1:]),
         model_max_length=32768,
     )
-    ids = [tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS]
-    expected = list(range(len(vocab), len(vocab) + len(SPECIAL_TOKENS)))
+    ids = [tokenizer.convert_tokens_to_ids(tok) for tok in special_tokens]
+    expected = list(range(len(vocab), len(vocab) + len(special_tokens)))
     if ids != expected:
         raise RuntimeError(f"special token ids {ids} are not the expected {expected} after the BPE vocabulary")
     return tokenizer

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from cordlite.models.families import family_of, forward_inputs
 from cordlite.models.lora import base_of
 from cordlite.models.sampling import cache_kwarg
 from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
@@ -38,8 +39,7 @@ def completion_hidden(
     else:
         kwargs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)  # [n, P+L]
     if "input_features" in prompt and "inputs_embeds" not in prompt:
-        kwargs["input_features"] = prompt["input_features"]
-        kwargs["feature_attention_mask"] = prompt["feature_attention_mask"]
+        kwargs.update(forward_inputs(base, {k: prompt[k] for k in ("input_features", "feature_attention_mask")}))
     hidden = base.model(**kwargs).last_hidden_state  # [n, P+L, H]
     p, length = prompt["attention_mask"].shape[1], completion_ids.shape[1]
     return hidden[:, p - 1 : p - 1 + length]
@@ -59,7 +59,7 @@ def shared_prompt_hidden(
     completions instead of n of both. Mathematically the same causal attention; the needs: merged
     embeddings or token ids (no audio features), and no gradient checkpointing (it drops caches)."""
     base = base_of(model)
-    lm = base.model.language_model
+    lm = family_of(base).lm(base)
     p_mask = prompt["attention_mask"]  # [B, P]
     embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.model.get_input_embeddings()(
         prompt["input_ids"])  # [B, P, H]

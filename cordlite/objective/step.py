@@ -32,6 +32,7 @@ from cordlite.data import Example, ViewBatch
 from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.rewards import Judge, JudgeItem, rule_rewards
 from cordlite.models.audio_view import FrameCache, encode_audio, encoder_is_frozen, prompt_embeds
+from cordlite.models.families import family_of
 from cordlite.models.lora import adapters_off, base_of
 from cordlite.models.runtime import Runtime
 from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
@@ -248,7 +249,7 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
     """The grad part of the step: L = lambda_tok L_tok + lambda_seq L_seq on one micro-batch."""
     model.train()
     # The frozen audio encoder stays in eval mode: its dropout/layerdrop must not perturb the student.
-    base_of(model).model.audio_tower.eval()
+    family_of(model).audio_tower(base_of(model)).eval()
     lo = recipe.loss
     t0 = _clock(rt)
     with _autocast(rt):

@@ -1,0 +1,160 @@
+"""Tiny random-init checkpoints of every family cordlite runs, built offline in seconds.
+
+    path = ensure_tiny("audioflamingo3", "cache/tiny-audioflamingo3")
+    model = AudioFlamingo3ForConditionalGeneration.from_pretrained(path)   # like the real one
+    processor = AutoProcessor.from_pretrained(path)
+
+Each is the family's real transformers class at TinySpec's shape (a 64-wide language model, a
+64-wide Whisper-style encoder on a 10 s window), with a byte-level BPE trained here that carries
+the family's special tokens, the family's real processor class and chat template, and a
+generation config that stops where the real checkpoint stops. Qwen2-Audio's is
+cordlite.models.tiny_checkpoint's (the tiny model of the CPU recipes); the others share its
+directory handling (atomic install, a marker written last, rebuilt when the spec changes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from cordlite.files import ordinary_modes
+from cordlite.models.tiny import TinySpec
+from cordlite.models.tiny_checkpoint import MARKER_FILE, _check_replaceable, _install, build_tiny_qwen2audio, \
+    ensure_tiny_qwen2audio, read_marker
+from cordlite.models.tiny_processor import HOP_LENGTH, N_FFT, SAMPLING_RATE, corpus_digest, default_corpus, \
+    train_tokenizer
+
+__all__ = ["TINY_FAMILIES", "build_tiny", "ensure_tiny"]
+
+_FORMAT = 1
+
+# Audio Flamingo 3's tokens (Qwen2.5's chat markers and its `<sound>` placeholder) and the chat
+# template of nvidia/audio-flamingo-3-hf's processor: the audio item becomes one `<sound>` ahead
+# of the turn's text.
+AF3_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>")
+AF3_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "{% for m in messages if m['content'] is not none %}"
+    "<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}"
+    "{{ m['content'] }}"
+    "{% else %}"
+    "{% set audio = namespace(found=False) %}"
+    "{% set text_buf = namespace(v='') %}"
+    "{% for c in m['content'] %}"
+    "{% if c.get('type') == 'audio' or 'audio' in c %}"
+    "{% set audio.found = True %}"
+    "{% elif c.get('type') == 'text' or 'text' in c %}"
+    "{% set text_buf.v = text_buf.v + c['text'] %}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
+    "{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n"
+    "{% endif %}"
+)
+
+
+def _whisper_features(spec: TinySpec):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=spec.num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
+                                   chunk_length=spec.chunk_length_s, n_fft=N_FFT, padding_value=0.0,
+                                   return_attention_mask=True)
+
+
+def _qwen2_text_config(spec: TinySpec, tokenizer, endoftext: int, im_end: int):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
+                       intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
+                       num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
+                       max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                       use_sliding_window=False, bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext)
+
+
+def _audioflamingo3(spec: TinySpec, lines: list[str]):
+    """(model, processor, special token ids) of a tiny Audio Flamingo 3."""
+    import torch
+    from transformers import (
+        AudioFlamingo3Config,
+        AudioFlamingo3EncoderConfig,
+        AudioFlamingo3ForConditionalGeneration,
+        AudioFlamingo3Processor,
+        GenerationConfig,
+    )
+
+    tokenizer = train_tokenizer(spec.vocab_size, lines, AF3_SPECIAL_TOKENS)
+    ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in AF3_SPECIAL_TOKENS}
+    endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
+    audio = AudioFlamingo3EncoderConfig(num_mel_bins=spec.num_mel_bins, encoder_layers=spec.audio_layers,
+                                        encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn_dim,
+                                        d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
+                                        scale_embedding=False)
+    config = AudioFlamingo3Config(audio_config=audio, text_config=_qwen2_text_config(spec, tokenizer, endoftext, im_end),
+                                  audio_token_id=ids["<sound>"])
+    config.dtype = "float32"
+    torch.manual_seed(spec.seed)
+    model = AudioFlamingo3ForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
+                                               pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
+    processor = AudioFlamingo3Processor(feature_extractor=_whisper_features(spec), tokenizer=tokenizer,
+                                        chat_template=AF3_CHAT_TEMPLATE, max_audio_len=spec.chunk_length_s)
+    return model, processor, ids
+
+
+_BUILDERS = {"audioflamingo3": _audioflamingo3}
+TINY_FAMILIES = ("qwen2_audio",) + tuple(_BUILDERS)
+"""Families with a tiny checkpoint (the parametrised end-to-end tests run each)."""
+
+
+def _matches(marker: dict | None, family: str, spec: TinySpec, digest: str) -> bool:
+    return (marker is not None and marker.get("format") == _FORMAT and marker.get("family") == family
+            and marker.get("spec") == dataclasses.asdict(spec) and marker.get("corpus_sha256") == digest)
+
+
+def build_tiny(family: str, out_dir: str | Path, spec: TinySpec = TinySpec(), overwrite: bool = False) -> Path:
+    """Build the tiny checkpoint of `family` into `out_dir` (atomically, marker written last)."""
+    if family == "qwen2_audio":
+        return build_tiny_qwen2audio(out_dir, spec, overwrite=overwrite)
+    if family not in _BUILDERS:
+        raise ValueError(f"family {family!r}: no tiny checkpoint; families with one: {', '.join(TINY_FAMILIES)}")
+    spec.validate()
+    out_dir = Path(out_dir).expanduser().resolve()
+    _check_replaceable(out_dir, overwrite)
+    lines = default_corpus()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model, processor, ids = _BUILDERS[family](spec, lines)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        marker = {"format": _FORMAT, "family": family, "spec": dataclasses.asdict(spec),
+                  "corpus_sha256": corpus_digest(lines), "vocab_size": len(processor.tokenizer),
+                  "special_token_ids": ids}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        ordinary_modes(tmp)
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def ensure_tiny(family: str, out_dir: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    """`out_dir` holding the tiny checkpoint of `family` for `spec`, built when missing or stale."""
+    if family == "qwen2_audio":
+        return ensure_tiny_qwen2audio(out_dir, spec)
+    out_dir = Path(out_dir).expanduser().resolve()
+    marker = read_marker(out_dir)
+    if _matches(marker, family, spec, corpus_digest(default_corpus())):
+        return out_dir
+    return build_tiny(family, out_dir, spec, overwrite=marker is not None)

@@ -1,0 +1,244 @@
+"""Every model family cordlite runs, end to end on its tiny checkpoint (cordlite.models.tiny_families):
+a CORD step that moves every LoRA tensor and no base tensor, with the teacher equal to a plainly
+loaded base before and after (unquantised and NF4 on CPU); the merged export reloaded by plain
+transformers in a fresh process answers greedily as base + adapter; `cordlite eval` and
+`cordlite infer` run; `cordlite show` names the family; a refused model type says why.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from cordlite.cli import main as cli
+from cordlite.data import AudioCache, encode_views, read_manifest
+from cordlite.models.families import FAMILIES, FamilyError, detect_family, family_for_type, family_of
+from cordlite.models.load import load_base, model_class
+from cordlite.models.lora import adapters_off, attach_lora
+from cordlite.models.runtime import resolve_runtime
+from cordlite.models.sampling import repeat_rows
+from cordlite.models.tiny_families import TINY_FAMILIES, ensure_tiny
+from cordlite.objective import step as step_module
+from cordlite.objective.logprobs import completion_hidden, full_logprobs
+from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
+from cordlite.recipe import recipe_from_dict, recipe_to_dict
+
+INSTRUCTION = "Answer the question."
+GREEDY_TOKENS = 6
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {f: (tiny_model_dir if f == "qwen2_audio" else ensure_tiny(f, root / f)) for f in TINY_FAMILIES}
+
+
+def _raw(model_dir: Path, manifest: Path, out: Path, quant: str = "none", steps: int = 1) -> dict:
+    return {
+        "model": {"name_or_path": str(model_dir), "device": "cpu"},
+        "quantization": {"mode": quant},
+        # every side of the adapter: the language model, the projector and the audio encoder
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "projector": True, "audio_encoder": True},
+        "data": {"train_manifest": str(manifest), "instruction": INSTRUCTION},
+        "rollout": {"max_new_tokens": 6, "group_size": 2},
+        "loss": {"top_k": 3},
+        "optim": {"lr": 1e-2},
+        "train": {"max_steps": steps, "batch_size": 2, "micro_batch_size": 2, "seed": 0},
+        "output": {"dir": str(out), "progress": False, "save_every": 100},
+    }
+
+
+def _plain(model_dir: Path, quant: str):
+    """The checkpoint loaded by plain transformers, without cordlite or peft: what the teacher must equal."""
+    from transformers import BitsAndBytesConfig
+
+    family = detect_family(str(model_dir))
+    if quant == "none":
+        return model_class(family).from_pretrained(model_dir).eval()
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=list(family.skip_modules()))
+    m = model_class(family).from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
+    from cordlite.models.load import _cpu_4bit_trainable
+
+    _cpu_4bit_trainable(m)
+    return m.eval()
+
+
+def _text_lp(model, views, ids, mask, teacher: bool):
+    prompt = repeat_rows(views.text, torch.arange(ids.shape[0]) % views.text["input_ids"].shape[0])
+    with torch.no_grad():
+        if teacher:
+            with adapters_off(model):
+                return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
+        return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
+
+
+@pytest.mark.parametrize("quant", ["none", "nf4"])
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(family, quant, family_dirs,
+                                                                               tiny_manifest, tmp_path, monkeypatch):
+    model_dir = family_dirs[family]
+    recipe = recipe_from_dict(_raw(model_dir, tiny_manifest, tmp_path / "run", quant))
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
+    torch.manual_seed(0)
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    assert family_of(model).name == family and type(model).__name__ == FAMILIES[family].model_class
+    model = attach_lora(model, recipe.lora, rt, seed=0)
+    names = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
+    fam = FAMILIES[family]
+    for side in (fam.language_model.split(".")[-1], fam.tower.split(".")[-1], fam.projector.split(".")[-1]):
+        assert any(f".{side}." in n for n in names), (side, names[:4])
+    g = torch.Generator().manual_seed(1)  # a fresh adapter has B = 0 and A gets no gradient: start from B != 0
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.05
+    monkeypatch.setattr(step_module, "rule_rewards", lambda texts, *a, **k: [float(i % 2) for i in range(len(texts))])
+    views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), INSTRUCTION)
+    plain = _plain(model_dir, quant)
+    probe = torch.randint(0, 200, (2, 5))
+    ones = torch.ones(2, 5, dtype=torch.long)
+    base_lp = _text_lp(plain, views, probe, ones, teacher=False)
+    assert torch.allclose(_text_lp(model, views, probe, ones, teacher=True), base_lp, atol=1e-5)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    c = collect(model, processor.tokenizer, views, recipe, rt, Tokens.of(model, processor.tokenizer), ReferenceStore(None))
+    loss, stats = compute_loss(model, c, recipe, rt)
+    loss.backward()
+    opt.step()
+    changed = {n: not torch.equal(before[n], p.detach()) for n, p in model.named_parameters()}
+    lora = [n for n in changed if "lora_" in n]
+    assert lora and all(changed[n] for n in lora), [n for n in lora if not changed[n]]
+    assert not any(changed[n] for n in changed if "lora_" not in n)
+    assert stats["tok_loss"] > 0 and stats["adv_abs_mean"] == 0.5
+    assert torch.allclose(_text_lp(model, views, probe, ones, teacher=True), base_lp, atol=1e-5)
+    assert not torch.allclose(_text_lp(model, views, probe, ones, teacher=False), base_lp, atol=1e-5)
+    if quant == "nf4":
+        import bitsandbytes as bnb
+
+        base = model.get_base_model()
+        assert sum(isinstance(m, bnb.nn.Linear4bit) for m in fam.lm(base).modules()) == 14  # 7 linears x 2 layers
+        for side in (fam.audio_tower(base), fam.audio_projector(base), base.lm_head):
+            assert not any(isinstance(m, bnb.nn.Linear4bit) for m in side.modules())
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_merge_reloads_in_a_fresh_process_and_eval_and_infer_run(family, family_dirs, tiny_manifest, tmp_path):
+    """Train 2 steps with `cordlite train`, merge, reload the export with plain transformers in a
+    fresh process: its greedy answers equal base + adapter's; then `cordlite eval` and `infer`."""
+    model_dir = family_dirs[family]
+    run = tmp_path / "run"
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe_to_dict(recipe_from_dict(_raw(model_dir, tiny_manifest, run, steps=2)))))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", str(recipe_file)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "merged"
+    res = runner.invoke(cli, ["merge", str(run), "--out", str(out), "--dtype", "float32", "--check-items", "2",
+                              "--check-tokens", str(GREEDY_TOKENS)])
+    assert res.exit_code == 0, res.output
+    export = json.loads((out / "cordlite_export.json").read_text())
+    assert export["family"] == family and export["model_class"] == FAMILIES[family].model_class
+    assert FAMILIES[family].model_class in (out / "README.md").read_text()
+    check = json.loads((out / "merge_check.json").read_text())["merged"]
+    assert check["identical_answers"] == check["items"] == 2
+
+    clips = [str(ex.audio_path) for ex in read_manifest(tiny_manifest)[:2]]
+    fresh = subprocess.run([sys.executable, "-c", FRESH, str(out), json.dumps(clips)], capture_output=True,
+                           text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    from cordlite.audio import load_audio
+    from cordlite.deploy.infer import audio_prompt_inputs
+    from cordlite.models.adapter import load_adapter
+    from cordlite.models.families import forward_inputs
+    from transformers import AutoProcessor, GenerationConfig
+
+    base = _plain(model_dir, "none")
+    processor = AutoProcessor.from_pretrained(model_dir)
+    processor.tokenizer.padding_side = "left"
+    model = load_adapter(base, run / "adapter").eval()
+    inputs = forward_inputs(base, audio_prompt_inputs(processor, [load_audio(p) for p in clips], INSTRUCTION))
+    gc = base.generation_config
+    with torch.no_grad():
+        ref = model.generate(**inputs, generation_config=GenerationConfig(
+            do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=gc.eos_token_id, pad_token_id=gc.pad_token_id))
+    assert json.loads(fresh.stdout.strip().splitlines()[-1]) == ref.tolist()
+
+    res = runner.invoke(cli, ["eval", str(tiny_manifest), "--model", str(out), "--out", str(tmp_path / "eval"),
+                              "--device", "cpu", "--max-new-tokens", "8", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n_items"] == 2 and 0 <= summary["audio_acc"] <= 100
+    res = runner.invoke(cli, ["infer", "--model", str(out), "--audio", clips[0], "--max-new-tokens", "4",
+                              "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+
+
+FRESH = """
+import json, sys
+import torch
+from transformers import AutoConfig, AutoProcessor, GenerationConfig
+import transformers
+from cordlite.audio import load_audio
+from cordlite.deploy.infer import audio_prompt_inputs
+out, clips = sys.argv[1], json.loads(sys.argv[2])
+export = json.load(open(out + "/cordlite_export.json"))
+model = getattr(transformers, export["model_class"]).from_pretrained(out).eval()
+processor = AutoProcessor.from_pretrained(out)
+processor.tokenizer.padding_side = "left"
+inputs = audio_prompt_inputs(processor, [load_audio(p) for p in clips], export["prompt"]["instruction"])
+mask_key = "input_features_mask" if export["family"] == "audioflamingo3" else "feature_attention_mask"
+inputs[mask_key] = inputs.pop("feature_attention_mask")
+gc = model.generation_config
+with torch.no_grad():
+    seq = model.generate(**inputs, generation_config=GenerationConfig(do_sample=False, max_new_tokens=%d,
+                         eos_token_id=gc.eos_token_id, pad_token_id=gc.pad_token_id))
+print(json.dumps(seq.tolist()))
+""" % GREEDY_TOKENS
+
+
+def test_show_names_the_family_and_a_refused_type_says_why(family_dirs, tiny_manifest, tmp_path):
+    runner = CliRunner()
+    for family, model_dir in family_dirs.items():
+        recipe = tmp_path / f"{family}.yaml"
+        recipe.write_text(yaml.safe_dump(_raw(model_dir, tiny_manifest, tmp_path / "run")))
+        res = runner.invoke(cli, ["show", str(recipe)])
+        assert res.exit_code == 0, res.output
+        first = res.output.splitlines()[0]
+        assert first.startswith(f"# model family: {family} ({FAMILIES[family].model_class})"), first
+        yaml.safe_load(res.output)  # still one YAML document
+    with pytest.raises(FamilyError) as e:
+        family_for_type("qwen3_omni_moe")
+    msg = str(e.value)
+    assert "'qwen3_omni_moe'" in msg and "fused 3-D" in msg and all(f in msg for f in FAMILIES)
+    # a checkpoint of a type cordlite does not run is refused at load, before any weight is read
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "step_audio_2"}))
+    from cordlite.config import ModelConfig, QuantizationConfig
+    from cordlite.models.runtime import ModelLoadError, Runtime
+
+    rt = Runtime(torch.device("cpu"), torch.float32, torch.float32, False, False)
+    with pytest.raises(ModelLoadError, match="'step_audio_2' is not supported: Step-Audio-2 is not in transformers"):
+        load_base(ModelConfig(name_or_path=str(odd)), QuantizationConfig(mode="none"), rt)
+    # model.family names one explicitly; an unknown name is a recipe error naming the field
+    bad = tmp_path / "bad.yaml"
+    raw = _raw(family_dirs["qwen2_audio"], tiny_manifest, tmp_path / "run")
+    raw["model"]["family"] = "qwen9_audio"
+    bad.write_text(yaml.safe_dump(raw))
+    res = runner.invoke(cli, ["validate", str(bad)])
+    assert res.exit_code != 0 and "model.family: 'qwen9_audio'" in res.output and "audioflamingo3" in res.output
+
+
+def test_recipe_layer_family_names_equal_the_registry():
+    from cordlite.config import MODEL_FAMILIES
+
+    assert MODEL_FAMILIES == tuple(FAMILIES)
+    assert set(TINY_FAMILIES) == set(FAMILIES)  # every family has a tiny checkpoint and runs the tests above
