@@ -332,6 +332,26 @@ def test_shared_prefill_samples_what_separate_prefills_sample(setup):
     assert out[True][1].source.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def test_prefilled_prompts_answer_as_generates_own_prefill_for_ids_and_single_rows(setup):
+    """The prefilled cache (prompt positions read without the LM head) serves token-id prompts (the
+    text view) and one row per prompt too: greedy answers token for token those of generate()'s own
+    prefill, which computes a full-vocabulary logit row for every prompt position."""
+    from cordlite.models.sampling import sample
+
+    model, processor, views, _, _ = setup
+    tokens = Tokens.of(model, processor.tokenizer)
+    common = dict(max_new_tokens=6, end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids,
+                  temperature=1.0, greedy=True)
+    with torch.no_grad():
+        audio = prompt_embeds(model, views.audio)
+    for prompt in (views.text, audio):
+        for g in (1, 2):
+            own = sample(model, prompt, g, share_prefill=False, **common)
+            prefilled = sample(model, prompt, g, share_prefill=True, **common)
+            assert torch.equal(own.completion_ids, prefilled.completion_ids), (sorted(prompt), g)
+            assert torch.equal(own.completion_mask, prefilled.completion_mask)
+
+
 def test_views_from_frame_counts_are_the_processors(setup, tiny_manifest):
     """encode_views(frame_counts=...) builds the audio view's ids without reading audio or computing
     mel features: the same input_ids and attention_mask as the processor's, and no features."""

@@ -62,8 +62,9 @@ def _prompt_cache(base, prompt: dict[str, torch.Tensor], num_per_prompt: int):
     token, as it does after any prefilled cache, and samples on from there."""
     lm = family_of(base).lm(base)
     mask = prompt["attention_mask"]  # [B, P]
+    embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.get_input_embeddings()(prompt["input_ids"])
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate() counts them
-    out = lm(inputs_embeds=prompt["inputs_embeds"][:, :-1], attention_mask=mask[:, :-1],
+    out = lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1],
              position_ids=position_ids[:, :-1], use_cache=True)
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     cache.batch_repeat_interleave(num_per_prompt)
@@ -97,8 +98,11 @@ def sample(
     """num_per_prompt completions per prompt, grouped contiguously: rows [b*G, (b+1)*G) answer prompt b.
     `temperature`: one for every row, or one per position j in each prompt's group (row b*G + j
     at temperature[j]): several temperatures in one generate call, one prefill and one decode loop.
-    `share_prefill` (prompts given as merged embeddings, G > 1): the language model reads each
-    prompt once and its G rows start from copies of its keys and values, instead of G prefills."""
+    `share_prefill` (prompts given as merged embeddings or as token ids): the language model reads
+    each prompt once, without its LM head, and its G rows start from copies of its keys and values:
+    one prefill per prompt instead of G, and no full-vocabulary logits for the prompt positions
+    (generate() then computes them for the last position only; the model classes without
+    `logits_to_keep`, Qwen2-Audio's, would compute a [rows, prompt, vocabulary] tensor there)."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     batch = prompt["input_ids"].shape[0]
@@ -131,12 +135,12 @@ def sample(
     base.generation_config = GenerationConfig(eos_token_id=list(end_ids), pad_token_id=pad_id,
                                               cache_implementation=saved.cache_implementation)
     cache = {}
-    if (share_prefill and num_per_prompt > 1 and "inputs_embeds" in prompt and prompt["inputs_embeds"].shape[1] > 1
-            and saved.cache_implementation is None):
+    if (share_prefill and ("inputs_embeds" in prompt or "input_features" not in prompt)
+            and prompt["input_ids"].shape[1] > 1 and saved.cache_implementation is None):
         cache = {cache_kwarg(type(family_of(base).lm(base))): _prompt_cache(base, prompt, num_per_prompt)}
     try:
-        out = model.generate(**forward_inputs(base, inputs), generation_config=gen, logits_processor=processors if not greedy else None,
-                             **cache)
+        out = model.generate(**forward_inputs(base, inputs), generation_config=gen,
+                             logits_processor=processors if not greedy else None, **cache)
     finally:
         base.generation_config = saved
     completion = out[:, inputs["input_ids"].shape[1]:]  # [n, L]
