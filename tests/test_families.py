@@ -242,3 +242,20 @@ def test_recipe_layer_family_names_equal_the_registry():
 
     assert MODEL_FAMILIES == tuple(FAMILIES)
     assert set(TINY_FAMILIES) == set(FAMILIES)  # every family has a tiny checkpoint and runs the tests above
+
+
+def test_every_family_has_a_recipe_for_its_smallest_checkpoint():
+    """recipes/ holds, for each family, a recipe on its smallest real checkpoint whose header names the
+    hardware and the exact command; it validates (paths aside: the checkpoint is on the hub)."""
+    root = Path(__file__).resolve().parents[1]
+    by_model = {}
+    for path in sorted((root / "recipes").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        by_model.setdefault(raw.get("model", {}).get("name_or_path"), []).append(path)
+    for fam in FAMILIES.values():
+        assert fam.smallest in by_model, (fam.name, fam.smallest)
+        path = next(p for p in by_model[fam.smallest] if p.stem.endswith("_lora"))
+        text = path.read_text()
+        assert "# Hardware:" in text and f"# Command:  cordlite train recipes/{path.name}" in text, path
+        recipe = recipe_from_dict(yaml.safe_load(text), str(path), check_paths=False)
+        assert recipe.model.family is None  # found from the checkpoint's config.json

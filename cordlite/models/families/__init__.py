@@ -66,22 +66,21 @@ def family_for_type(model_type: str | None, where: str = "the checkpoint") -> Au
 
 
 def checkpoint_model_type(name_or_path: str, revision: str | None = None, offline: bool = False) -> str | None:
-    """config.model_type of a local checkpoint directory (its config.json) or a hub id (through
-    transformers: from the local hub cache, and with `offline` False from the hub); None when
-    neither can be read."""
+    """config.model_type of a local checkpoint directory or a hub id (its config.json: from the local
+    hub cache, and with `offline` False from the hub); None when it cannot be read. The file is read
+    as JSON, so a type transformers does not know (remote code) is still named."""
     local = Path(name_or_path).expanduser()
-    if local.is_dir():
-        try:
-            return json.loads((local / "config.json").read_text(encoding="utf-8")).get("model_type")
-        except (OSError, ValueError):
-            return None
     try:
-        from transformers import AutoConfig
+        if local.is_dir():
+            path = local / "config.json"
+        else:
+            from huggingface_hub import hf_hub_download
 
-        kwargs = {"revision": revision} if revision else {}
-        return AutoConfig.from_pretrained(name_or_path, local_files_only=offline, **kwargs).model_type
-    except Exception:  # noqa: BLE001 - unreachable hub, unknown id: the loader reports it with its own message
+            path = Path(hf_hub_download(name_or_path, "config.json", revision=revision, local_files_only=offline))
+        value = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except Exception:  # noqa: BLE001 - unreadable, unreachable, unknown id: the caller says what to do
         return None
+    return value if isinstance(value, str) else None
 
 
 def detect_family(name_or_path: str, override: str | None = None, revision: str | None = None) -> AudioFamily:
