@@ -11,8 +11,9 @@ that lists every reason and the fix; there is never a silent fallback to the tra
 Qwen2-Audio is not among the audio models unsloth documents (unsloth.ai/docs, the text-to-speech
 fine-tuning guide and the Gemma 3n guide list Whisper for speech-to-text, Gemma 3n for audio
 input, and the text-to-speech models Orpheus-TTS, Sesame-CSM, Spark-TTS, Llasa-TTS and
-Oute-TTS), and cordlite's step drives a Qwen2AudioForConditionalGeneration, so
-SUPPORTED_MODEL_TYPES is empty: today `backend: unsloth` always ends in that message. Add a
+Oute-TTS), and cordlite's families (cordlite.models.families: Qwen2-Audio, Audio Flamingo 3) are
+not among them, so SUPPORTED_MODEL_TYPES is empty: today `backend: unsloth` always ends in that
+message. Add a
 model_type there only after the step has been run and checked through unsloth on a GPU.
 
 unsloth is imported only inside load_unsloth, after every check passed: importing it edits other
@@ -44,14 +45,13 @@ class BackendUnavailable(ModelLoadError):
 
 
 def model_type_of(model_cfg: ModelConfig) -> str:
-    """model_type of the checkpoint: from a local config.json, else Qwen2-Audio (the class cordlite loads)."""
-    config = Path(model_cfg.name_or_path).expanduser() / "config.json"
-    if config.is_file():
-        try:
-            return str(json.loads(config.read_text(encoding="utf-8")).get("model_type", "unknown"))
-        except (OSError, ValueError):
-            return "unknown"
-    return "qwen2_audio"
+    """model_type of the checkpoint (its config.json, local or in the hub cache); `model.family`
+    when set; 'unknown' when neither can be read."""
+    from cordlite.models.families import checkpoint_model_type
+
+    if model_cfg.family:
+        return model_cfg.family
+    return checkpoint_model_type(model_cfg.name_or_path, model_cfg.revision, offline=True) or "unknown"
 
 
 def unsloth_problems(model_cfg: ModelConfig) -> list[str]:
@@ -65,8 +65,8 @@ def unsloth_problems(model_cfg: ModelConfig) -> list[str]:
     family = model_type_of(model_cfg)
     if family not in SUPPORTED_MODEL_TYPES:
         problems.append(f"model family {family!r} of {model_cfg.name_or_path} is not supported through unsloth: "
-                        f"the audio models unsloth supports are {UNSLOTH_AUDIO_MODELS}, and cordlite trains "
-                        "Qwen2-Audio, which is not among them")
+                        f"the audio models unsloth supports are {UNSLOTH_AUDIO_MODELS}, and none of them is a "
+                        "family cordlite trains yet (docs/models.md)")
     return problems
 
 
@@ -82,15 +82,20 @@ def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime)
     """Load the base through unsloth's FastModel; every base weight frozen, the processor left-padded."""
     check_unsloth(model_cfg)
     import unsloth  # noqa: F401  (first: it patches transformers when imported)
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoProcessor
     from unsloth import FastModel
+
+    from cordlite.models.families import detect_family, mark_family
+    from cordlite.models.load import model_class
+
+    family = detect_family(model_cfg.name_or_path, model_cfg.family, model_cfg.revision)
 
     model, _ = FastModel.from_pretrained(
         model_name=model_cfg.name_or_path,
         dtype=rt.dtype,
         load_in_4bit=quant.mode == "nf4",
         full_finetuning=False,
-        auto_model=Qwen2AudioForConditionalGeneration,
+        auto_model=model_class(family),
         use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
         **({"revision": model_cfg.revision} if model_cfg.revision else {}),
     )
@@ -99,6 +104,7 @@ def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime)
     for p in model.parameters():
         p.requires_grad_(False)
     setattr(model, BACKEND_MARK, "unsloth")
+    mark_family(model, family)
     return model, processor
 
 
@@ -106,12 +112,14 @@ def attach_lora_unsloth(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
     """LoRA through unsloth's get_peft_model on the language model's linear layers; returns a PeftModel."""
     from unsloth import FastModel
 
+    from cordlite.models.families import family_of
+
     return FastModel.get_peft_model(
         model,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_target_regex(lora.target_modules),
+        target_modules=lora_target_regex(lora.target_modules, family=family_of(model)),
         bias="none",
         random_state=seed,
         use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
