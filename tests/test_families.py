@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from cordlite.cli import main as cli
 from cordlite.data import AudioCache, encode_views, read_manifest
 from cordlite.models.families import FAMILIES, FamilyError, detect_family, family_for_type, family_of
-from cordlite.models.load import load_base, model_class
+from cordlite.models.load import load_base
 from cordlite.models.lora import adapters_off, attach_lora
 from cordlite.models.runtime import resolve_runtime
 from cordlite.models.sampling import repeat_rows
@@ -61,10 +61,10 @@ def _plain(model_dir: Path, quant: str):
 
     family = detect_family(str(model_dir))
     if quant == "none":
-        return model_class(family).from_pretrained(model_dir).eval()
+        return family.transformers_class().from_pretrained(model_dir).eval()
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=list(family.skip_modules()))
-    m = model_class(family).from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
+    m = family.transformers_class().from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
     from cordlite.models.load import _cpu_4bit_trainable
 
     _cpu_4bit_trainable(m)

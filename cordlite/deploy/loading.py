@@ -62,7 +62,7 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto", quantize: s
 
     from cordlite.config import QuantizationConfig
     from cordlite.models.families import FamilyError, detect_family, mark_family
-    from cordlite.models.load import bnb_config, model_class
+    from cordlite.models.load import bnb_config
     from cordlite.models.runtime import DTYPES, ModelLoadError
 
     dev = pick_device(device)
@@ -79,7 +79,7 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto", quantize: s
                                                        family.skip_modules())
         if quantize == "nf4" or prequantized:
             kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
-        model = model_class(family).from_pretrained(path, **kwargs)
+        model = family.transformers_class().from_pretrained(path, **kwargs)
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"--model: cannot load {path!r} ({e}). Pass a directory written by `cordlite merge`, "

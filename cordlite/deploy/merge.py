@@ -160,7 +160,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
     from cordlite.files import replace_dir
     from cordlite.models.adapter import check_adapter_base, load_adapter
     from cordlite.models.families import family_of
-    from cordlite.models.load import load_base, model_class
+    from cordlite.models.load import load_base
     from cordlite.models.runtime import DTYPES, Runtime
 
     if dtype not in ("bfloat16", "float32"):
@@ -210,7 +210,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
 
         check = nf4_check = None
         if ref is not None:
-            reloaded = model_class(family).from_pretrained(full, dtype=DTYPES[dtype]).to(dev).eval()
+            reloaded = family.transformers_class().from_pretrained(full, dtype=DTYPES[dtype]).to(dev).eval()
             check = compare(reloaded, processor, items, ref, dtype, check_tokens)
             del reloaded
             _free()

@@ -135,7 +135,9 @@ def load_judge_model(name: str, quantization: str, rt):
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"judge.model: cannot load {name!r} ({e}). Use 'self', a local directory or a "
                              "hub id reachable from this machine.") from None
-    if config.model_type == "qwen2_audio":
+    from cordlite.models.families import is_family_type
+
+    if is_family_type(config.model_type):  # an audio chat model: loaded as cordlite loads one
         try:
             model, processor = load_base(ModelConfig(name_or_path=name, device=rt.device.type),
                                          QuantizationConfig(mode=quantization), rt)

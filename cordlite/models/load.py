@@ -36,13 +36,6 @@ def bnb_config(quant: QuantizationConfig, compute_dtype: torch.dtype, keep: tupl
     return None
 
 
-def model_class(family):
-    """The transformers class of `family` (AudioFamily)."""
-    import transformers
-
-    return getattr(transformers, family.model_class)
-
-
 def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
     """Load the checkpoint's family class and its processor; every base weight frozen."""
     if model_cfg.backend == "unsloth":
@@ -70,7 +63,7 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
         kwargs["quantization_config"] = bnb
         kwargs["device_map"] = {"": rt.device.index or 0} if rt.device.type == "cuda" else {"": "cpu"}
     try:
-        model = model_class(family).from_pretrained(path, **kwargs)
+        model = family.transformers_class().from_pretrained(path, **kwargs)
         processor = AutoProcessor.from_pretrained(path, **({"revision": model_cfg.revision} if model_cfg.revision else {}))
     except OSError as e:
         raise ModelLoadError(f"model.name_or_path: cannot load {path!r} ({e}). Use a local checkpoint directory "

@@ -86,7 +86,6 @@ def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime)
     from unsloth import FastModel
 
     from cordlite.models.families import detect_family, mark_family
-    from cordlite.models.load import model_class
 
     family = detect_family(model_cfg.name_or_path, model_cfg.family, model_cfg.revision)
 
@@ -95,7 +94,7 @@ def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime)
         dtype=rt.dtype,
         load_in_4bit=quant.mode == "nf4",
         full_finetuning=False,
-        auto_model=model_class(family),
+        auto_model=family.transformers_class(),
         use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
         **({"revision": model_cfg.revision} if model_cfg.revision else {}),
     )

@@ -140,10 +140,24 @@ def forward_inputs(model, inputs: dict) -> dict:
     return out
 
 
+def is_family_type(model_type: str | None) -> bool:
+    """Whether config.model_type `model_type` is one of the families' (a text-only LM is not)."""
+    return any(model_type in f.model_types for f in FAMILIES.values())
+
+
+def language_model_of(model):
+    """The decoder (without LM head) of an audio chat model of a known family; None for any other
+    model (a text-only judge LM), which then runs through its own forward."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "_cordlite_family", None) is None and not is_family_type(getattr(base.config, "model_type", None)):
+        return None
+    return family_of(base).lm(base)
+
+
 def mark_family(model, family: AudioFamily) -> None:
     """Record the family on a loaded base (model.family overrides the config's type)."""
     model._cordlite_family = family.name
 
 
 __all__ = ["FAMILIES", "REFUSED", "AudioFamily", "FamilyError", "describe_family", "detect_family", "family_for_type", "family_named",
-           "family_of", "forward_inputs", "mark_family", "module_at", "supported", "checkpoint_model_type"]
+           "family_of", "forward_inputs", "is_family_type", "language_model_of", "mark_family", "module_at", "supported", "checkpoint_model_type"]

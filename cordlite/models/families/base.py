@@ -66,6 +66,12 @@ class AudioFamily:
     extra_skip: tuple[str, ...] = field(default=("lm_head",))
     """Modules kept unquantised besides the audio encoder and the projector."""
 
+    def transformers_class(self) -> type:
+        """The transformers class that loads this family's checkpoints."""
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
     def audio_tower(self, base) -> torch.nn.Module:
         return module_at(base, self.tower)
 
