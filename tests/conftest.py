@@ -64,3 +64,28 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def plain_base():
+    """plain_base(model_dir, quant="none"): the checkpoint loaded by plain transformers (see _plain_base)."""
+    return _plain_base
+
+
+def _plain_base(model_dir: Path, quant: str = "none"):
+    """A checkpoint loaded by plain transformers (its family's class), without cordlite's loader or
+    peft, unquantised or NF4 on CPU: what the teacher (adapters off) must equal."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from cordlite.models.families import detect_family
+    from cordlite.models.load import _cpu_4bit_trainable
+
+    family = detect_family(str(model_dir))
+    if quant == "none":
+        return family.transformers_class().from_pretrained(model_dir).eval()
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=list(family.skip_modules()))
+    m = family.transformers_class().from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
+    _cpu_4bit_trainable(m)
+    return m.eval()

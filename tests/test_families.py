@@ -55,22 +55,6 @@ def _raw(model_dir: Path, manifest: Path, out: Path, quant: str = "none", steps:
     }
 
 
-def _plain(model_dir: Path, quant: str):
-    """The checkpoint loaded by plain transformers, without cordlite or peft: what the teacher must equal."""
-    from transformers import BitsAndBytesConfig
-
-    family = detect_family(str(model_dir))
-    if quant == "none":
-        return family.transformers_class().from_pretrained(model_dir).eval()
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=list(family.skip_modules()))
-    m = family.transformers_class().from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
-    from cordlite.models.load import _cpu_4bit_trainable
-
-    _cpu_4bit_trainable(m)
-    return m.eval()
-
-
 def _text_lp(model, views, ids, mask, teacher: bool):
     prompt = repeat_rows(views.text, torch.arange(ids.shape[0]) % views.text["input_ids"].shape[0])
     with torch.no_grad():
@@ -82,7 +66,7 @@ def _text_lp(model, views, ids, mask, teacher: bool):
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(family, quant, family_dirs,
+def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(family, quant, family_dirs, plain_base,
                                                                                tiny_manifest, tmp_path, monkeypatch):
     model_dir = family_dirs[family]
     recipe = recipe_from_dict(_raw(model_dir, tiny_manifest, tmp_path / "run", quant))
@@ -101,7 +85,7 @@ def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(
             p.data = torch.randn(p.shape, generator=g) * 0.05
     monkeypatch.setattr(step_module, "rule_rewards", lambda texts, *a, **k: [float(i % 2) for i in range(len(texts))])
     views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), INSTRUCTION)
-    plain = _plain(model_dir, quant)
+    plain = plain_base(model_dir, quant)
     probe = torch.randint(0, 200, (2, 5))
     ones = torch.ones(2, 5, dtype=torch.long)
     base_lp = _text_lp(plain, views, probe, ones, teacher=False)
@@ -130,7 +114,8 @@ def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_merge_reloads_in_a_fresh_process_and_eval_and_infer_run(family, family_dirs, tiny_manifest, tmp_path):
+def test_merge_reloads_in_a_fresh_process_and_eval_and_infer_run(family, family_dirs, tiny_manifest, tmp_path,
+                                                                  plain_base):
     """Train 2 steps with `cordlite train`, merge, reload the export with plain transformers in a
     fresh process: its greedy answers equal base + adapter's; then `cordlite eval` and `infer`."""
     model_dir = family_dirs[family]
@@ -160,7 +145,7 @@ def test_merge_reloads_in_a_fresh_process_and_eval_and_infer_run(family, family_
     from cordlite.models.families import forward_inputs
     from transformers import AutoProcessor, GenerationConfig
 
-    base = _plain(model_dir, "none")
+    base = plain_base(model_dir, "none")
     processor = AutoProcessor.from_pretrained(model_dir)
     processor.tokenizer.padding_side = "left"
     model = load_adapter(base, run / "adapter").eval()

@@ -42,22 +42,6 @@ def tiny_raw(model_dir: Path, manifest: Path, out: Path, quant: str = "none") ->
     }
 
 
-def _plain_base(model_dir: Path, quant: str):
-    """The base model loaded on its own, without peft: what the teacher must equal."""
-    from transformers import BitsAndBytesConfig, Qwen2AudioForConditionalGeneration
-
-    if quant == "none":
-        return Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).eval()
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32,
-                             llm_int8_skip_modules=["model.audio_tower", "model.multi_modal_projector", "lm_head"])
-    m = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
-    from cordlite.models.load import _cpu_4bit_trainable
-
-    _cpu_4bit_trainable(m)
-    return m.eval()
-
-
 def _teacher_lp(model, views, ids, mask, use_adapters_off: bool):
     prompt = repeat_rows(views.text, torch.arange(ids.shape[0]) % views.text["input_ids"].shape[0])
     with torch.no_grad():
@@ -67,7 +51,7 @@ def _teacher_lp(model, views, ids, mask, use_adapters_off: bool):
         return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
 
 
-def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bool):
+def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bool, plain_base):
     rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
     torch.manual_seed(0)
     model, processor = load_base(recipe.model, recipe.quantization, rt)
@@ -84,7 +68,7 @@ def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bo
     monkeypatch.setattr(step_module, "rule_rewards", lambda texts, *a, **k: [float(i % 2) for i in range(len(texts))])
     views = encode_views(processor, read_manifest(manifest)[:2], AudioCache(), "Answer the question.")
     tokens = Tokens.of(model, processor.tokenizer)
-    plain = _plain_base(model_dir, quant)
+    plain = plain_base(model_dir, quant)
 
     probe_ids = torch.randint(0, 900, (2, 5))
     probe_mask = torch.ones(2, 5, dtype=torch.long)
@@ -108,9 +92,10 @@ def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bo
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])
-def test_one_step_moves_every_lora_param_and_no_base_param(quant, tiny_model_dir, tiny_manifest, tmp_path, monkeypatch):
+def test_one_step_moves_every_lora_param_and_no_base_param(quant, tiny_model_dir, tiny_manifest, tmp_path, monkeypatch,
+                                                           plain_base):
     recipe = recipe_from_dict(tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run", quant))
-    model, changed, stats = _run_one_step(recipe, tiny_manifest, tiny_model_dir, quant, monkeypatch, perturb_b=True)
+    model, changed, stats = _run_one_step(recipe, tiny_manifest, tiny_model_dir, quant, monkeypatch, True, plain_base)
     lora = [n for n in changed if "lora_" in n]
     base = [n for n in changed if "lora_" not in n]
     assert lora and base
@@ -126,9 +111,9 @@ def test_one_step_moves_every_lora_param_and_no_base_param(quant, tiny_model_dir
         assert not any(isinstance(m, bnb.nn.Linear4bit) for m in audio.modules())
 
 
-def test_fresh_adapter_first_step_moves_every_lora_b(tiny_model_dir, tiny_manifest, tmp_path, monkeypatch):
+def test_fresh_adapter_first_step_moves_every_lora_b(tiny_model_dir, tiny_manifest, tmp_path, monkeypatch, plain_base):
     recipe = recipe_from_dict(tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run"))
-    _, changed, _ = _run_one_step(recipe, tiny_manifest, tiny_model_dir, "none", monkeypatch, perturb_b=False)
+    _, changed, _ = _run_one_step(recipe, tiny_manifest, tiny_model_dir, "none", monkeypatch, False, plain_base)
     assert all(changed[n] for n in changed if "lora_B" in n)
     assert not any(changed[n] for n in changed if "lora_" not in n)
 
@@ -137,7 +122,7 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_cli_train_writes_metrics_checkpoints_and_a_peft_adapter(tiny_model_dir, tiny_manifest, tmp_path):
+def test_cli_train_writes_metrics_checkpoints_and_a_peft_adapter(tiny_model_dir, tiny_manifest, tmp_path, plain_base):
     from click.testing import CliRunner
     from peft import PeftModel
 
@@ -172,7 +157,7 @@ def test_cli_train_writes_metrics_checkpoints_and_a_peft_adapter(tiny_model_dir,
     from cordlite.models.lora import peft_wrapping
 
     with peft_wrapping():  # peft's FutureWarning about a transformers property: not this test's subject
-        peft_model = PeftModel.from_pretrained(_plain_base(tiny_model_dir, "none"), run / "adapter")
+        peft_model = PeftModel.from_pretrained(plain_base(tiny_model_dir, "none"), run / "adapter")
     loaded = {n: p for n, p in peft_model.named_parameters() if "lora_B" in n}
     assert loaded and any(p.abs().sum() > 0 for p in loaded.values())
 
