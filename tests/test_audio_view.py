@@ -51,7 +51,7 @@ def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
 
 class _RowCounter:
     """Counts the rows the audio tower encodes (at its first convolution, which every encoder
-    pass runs: the tower's own forward and audio_view.window_forward alike)."""
+    pass runs: the tower's own forward and families.whisper.window_forward alike)."""
 
     def __init__(self, model):
         self.rows = 0

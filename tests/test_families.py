@@ -189,6 +189,30 @@ print(json.dumps(seq.tolist()))
 """ % GREEDY_TOKENS
 
 
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_merged_audio_embeddings_give_the_models_own_logits(family, family_dirs, tiny_manifest, plain_base):
+    """The audio view as cordlite builds it (the family's encoder on the start of the window, its
+    projector, the frames written over the placeholders) gives the logits of the model's own forward
+    on the processor's full-window features, for clips of different lengths in one batch."""
+    from transformers import AutoProcessor
+
+    from cordlite.models.audio_view import prompt_embeds
+    from cordlite.models.families import forward_inputs
+
+    model = plain_base(family_dirs[family]).double()
+    processor = AutoProcessor.from_pretrained(family_dirs[family])
+    processor.tokenizer.padding_side = "left"
+    audio = encode_views(processor, read_manifest(tiny_manifest)[:3], AudioCache(), INSTRUCTION).audio
+    assert len(set(audio["feature_attention_mask"].sum(-1).tolist())) > 1  # clips of other lengths
+    audio["input_features"] = audio["input_features"].double()
+    with torch.no_grad():
+        own = model(**forward_inputs(model, audio)).logits  # [3, P, V]
+        merged = prompt_embeds(model, audio)
+        mine = model(inputs_embeds=merged["inputs_embeds"], attention_mask=merged["attention_mask"]).logits
+    keep = audio["attention_mask"].bool()
+    assert (own[keep] - mine[keep]).abs().max().item() < 1e-9
+
+
 def test_show_names_the_family_and_a_refused_type_says_why(family_dirs, tiny_manifest, tmp_path):
     runner = CliRunner()
     for family, model_dir in family_dirs.items():

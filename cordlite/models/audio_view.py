@@ -38,13 +38,6 @@ def encode_audio(model, input_features: torch.Tensor,
     return family.encode(tower, input_features, feature_attention_mask)
 
 
-def window_forward(tower, input_features: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """A Whisper-style encoder's forward on the start of its window (families.whisper.window_forward)."""
-    from cordlite.models.families.whisper import window_forward as forward
-
-    return forward(tower, input_features, mask)
-
-
 def project(model, hidden: torch.Tensor) -> torch.Tensor:
     """Encoder frames [.., D] -> the language model's input space [.., H] (the projector)."""
     _, projector, _, _, _ = _parts(model)
