@@ -2,7 +2,7 @@
 a CORD step that moves every LoRA tensor and no base tensor, with the teacher equal to a plainly
 loaded base before and after (unquantised and NF4 on CPU); the merged export reloaded by plain
 transformers in a fresh process answers greedily as base + adapter; `cordlite eval` and
-`cordlite infer` run; `cordlite show` names the family; a refused model type says why.
+`cordlite infer` and `cordlite diagnose` run; `cordlite show` names the family; a refused model type says why.
 """
 
 from __future__ import annotations
@@ -114,10 +114,10 @@ def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
-def test_merge_reloads_in_a_fresh_process_and_eval_and_infer_run(family, family_dirs, tiny_manifest, tmp_path,
+def test_merge_reloads_in_a_fresh_process_and_eval_infer_diagnose_run(family, family_dirs, tiny_manifest, tmp_path,
                                                                   plain_base):
     """Train 2 steps with `cordlite train`, merge, reload the export with plain transformers in a
-    fresh process: its greedy answers equal base + adapter's; then `cordlite eval` and `infer`."""
+    fresh process: its greedy answers equal base + adapter's; then `cordlite eval`, `infer` and `diagnose`."""
     model_dir = family_dirs[family]
     run = tmp_path / "run"
     recipe_file = tmp_path / "recipe.yaml"
@@ -164,6 +164,11 @@ def test_merge_reloads_in_a_fresh_process_and_eval_and_infer_run(family, family_
     res = runner.invoke(cli, ["infer", "--model", str(out), "--audio", clips[0], "--max-new-tokens", "4",
                               "--device", "cpu"])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["diagnose", str(tiny_manifest), "--model", str(out), "--out", str(tmp_path / "diag"),
+                              "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    diag = json.loads((tmp_path / "diag" / "diagnose.json").read_text())
+    assert diag and (tmp_path / "diag" / "kl_histogram.png").is_file()
 
 
 FRESH = """

@@ -28,8 +28,8 @@ def _eval_errors() -> tuple[type[BaseException], ...]:
 
 
 _model_options = [
-    click.option("--model", "model_path", default="", help="Base or merged Qwen2-Audio checkpoint (directory or hub "
-                 "id); default: the base recorded with --adapter, else --recipe's model."),
+    click.option("--model", "model_path", default="", help="Base or merged checkpoint of a supported family (directory "
+                 "or hub id; docs/models.md); default: the base recorded with --adapter, else --recipe's model."),
     click.option("--adapter", default=None, type=click.Path(file_okay=False),
                  help="A run directory or its adapter (RUN, RUN/adapter, RUN/checkpoints/step_N/adapter): evaluated "
                       "with the prompt and answer length it was trained with."),
@@ -115,7 +115,7 @@ def eval_cmd(manifest: str, out: str, model_path: str, adapter: str | None, reci
 @click.command("judge-check")
 @click.argument("pairs", type=click.Path(dir_okay=False))
 @click.option("--mode", type=click.Choice(["rules", "llm", "rules_then_llm"]), default="llm", show_default=True)
-@click.option("--model", "model_path", default="", help="Judge model: a chat LM, or a Qwen2-Audio base in text mode.")
+@click.option("--model", "model_path", default="", help="Judge model: a chat LM, or an audio chat model (a supported family) in text mode.")
 @click.option("--quantization", type=click.Choice(["none", "nf4", "int8"]), default="none", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)

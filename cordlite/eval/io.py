@@ -86,7 +86,7 @@ def resolve_model(model: str, adapter: str | None) -> str:
         if recorded:
             return recorded[0]
         raise EvalError(f"--adapter {adapter}: no base model recorded with it; pass --model BASE")
-    raise EvalError("--model: required (a Qwen2-Audio checkpoint directory or hub id, or a merged model)")
+    raise EvalError("--model: required (a checkpoint directory or hub id of a supported family, docs/models.md, or a merged model)")
 
 
 def load_eval_model(model: str, adapter: str | None, quantization: str, device: str):

@@ -123,7 +123,7 @@ def _self_context(model, rt) -> Callable[[], ContextManager]:
 
 
 def load_judge_model(name: str, quantization: str, rt):
-    """A separate judge: any causal LM with a chat template (or a Qwen2-Audio used in text mode)."""
+    """A separate judge: any causal LM with a chat template (or an audio chat model of a supported family, in text mode)."""
     from transformers import AutoConfig
 
     from cordlite.config import ModelConfig, QuantizationConfig
