@@ -36,8 +36,17 @@ GREEDY_TOKENS = 6
 
 @pytest.fixture(scope="session")
 def family_dirs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Each family's tiny checkpoint, made by `cordlite tiny-model DIR --family NAME` (Qwen2-Audio's is
+    the session's tiny model); a second call reuses a finished one."""
     root = tmp_path_factory.mktemp("families")
-    return {f: (tiny_model_dir if f == "qwen2_audio" else ensure_tiny(f, root / f)) for f in TINY_FAMILIES}
+    dirs = {"qwen2_audio": tiny_model_dir}
+    for f in TINY_FAMILIES[1:]:
+        res = CliRunner().invoke(cli, ["tiny-model", str(root / f), "--family", f])
+        assert res.exit_code == 0 and res.output.strip() == f"tiny {f} in {root / f}", res.output
+        stamp = (root / f / "config.json").stat().st_mtime_ns
+        assert ensure_tiny(f, root / f) == root / f and (root / f / "config.json").stat().st_mtime_ns == stamp
+        dirs[f] = root / f
+    return dirs
 
 
 def _raw(model_dir: Path, manifest: Path, out: Path, quant: str = "none", steps: int = 1) -> dict:
