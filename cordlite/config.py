@@ -175,6 +175,10 @@ class LossConfig:
     """Text-view teacher: the frozen base (adapters off) or the current model (adapters on, no grad)."""
     kl_chunk_size: int = 64
     """Positions per chunk of the full-vocabulary log-softmax; bounds memory at [n, chunk, V]."""
+    kl_direction: Literal["reverse", "forward"] = "reverse"
+    """objective cord only: the per-token divergence along the student's own rollouts, reverse
+    KL(student || teacher) (paper) or forward KL(teacher || student) (an ablation: on-policy rollouts
+    with the off-policy baseline's divergence). objective forward_kl is always forward."""
 
 
 @dataclass(frozen=True)

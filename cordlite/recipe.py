@@ -106,6 +106,9 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
         problems.append(f"loss.objective: {lo.objective} trains along the teacher's text-view rollouts, where "
                         "GRPO has no student rollouts to score; set loss.lambda_seq: 0 and "
                         "rollout.share_rollouts: false (or loss.objective: cord)")
+    if lo.objective != "cord" and lo.kl_direction != "reverse":
+        problems.append(f"loss.kl_direction: {lo.kl_direction!r} applies to loss.objective: cord only "
+                        f"({lo.objective} decides its own); remove it")
     if lo.objective != "cord" and lo.lambda_tok == 0:
         problems.append(f"loss.objective: {lo.objective} with loss.lambda_tok: 0 trains nothing; set lambda_tok > 0")
     elif ro.share_rollouts and lo.lambda_seq == 0:

@@ -362,3 +362,40 @@ def test_a_late_bad_clip_stops_the_run_before_the_first_step(tiny_model_dir, tin
     err = capsys.readouterr().err
     assert err.count("1 clip(s) not at 16 kHz: resampled as read (e.g. 'late-8k')") == 1
     assert err.count("1 clip(s) not mono: channels averaged as read (e.g. 'late-8k')") == 1
+
+
+def test_kl_direction_forward_trains_the_forward_kl_on_the_students_rollouts(tiny_model_dir, tiny_manifest, tmp_path):
+    """loss.kl_direction: forward keeps CORD's rollouts (the student's own) and weights, and swaps the
+    per-token divergence for KL(teacher || student): on one collected batch, kl_mean is the masked
+    mean of each direction computed by hand from the teacher's and the student's log-probs."""
+    from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
+
+    raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
+    raw["loss"].update(lambda_seq=0.0)
+    recipe = recipe_from_dict(raw)
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
+    torch.manual_seed(0)
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    model = attach_lora(model, recipe.lora, rt, seed=0)
+    g = torch.Generator().manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data = torch.randn(p.shape, generator=g) * 0.05  # the student differs from the teacher
+    views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
+    c = collect(model, processor.tokenizer, views, recipe, rt, Tokens.of(model, processor.tokenizer),
+                ReferenceStore(None))
+    with torch.no_grad():
+        audio = repeat_rows(views.audio, c.source)
+        student = full_logprobs(model, completion_hidden(model, audio, c.completion_ids, c.completion_mask), 4)
+    valid = c.completion_mask.bool()
+    by_hand = {"reverse": reverse_kl_per_token(student, c.teacher_lp)[valid].mean().item(),
+               "forward": forward_kl_per_token(student, c.teacher_lp)[valid].mean().item()}
+    # near-uniform random distributions make the two directions close: they still differ by far more
+    # than the tolerance the step's values are checked to
+    assert abs(by_hand["reverse"] - by_hand["forward"]) > 1e-4 * by_hand["reverse"]
+    for direction in ("reverse", "forward"):
+        r = recipe_from_dict({**raw, "loss": {**raw["loss"], "kl_direction": direction}})
+        _, stats = compute_loss(model, c, r, rt)
+        assert stats["kl_mean"] == pytest.approx(by_hand[direction], rel=1e-5), direction
+    with pytest.raises(Exception, match="loss.kl_direction: 'forward' applies to loss.objective: cord only"):
+        recipe_from_dict({**raw, "loss": {"objective": "sft", "lambda_seq": 0.0, "kl_direction": "forward"}})

@@ -276,7 +276,7 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
         stats.update(st, tok_loss=tok_loss.item())
     elif c.teacher_lp is not None:
         d = slice(0, c.n_distill)
-        divergence = "forward" if lo.objective == "forward_kl" else "reverse"
+        divergence = "forward" if lo.objective == "forward_kl" else lo.kl_direction
         with _autocast(rt):
             token_lp_d, kl = student_token_terms(model, hidden[d], c.completion_ids[d], c.teacher_lp,
                                                  lo.kl_chunk_size, divergence)
