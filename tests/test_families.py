@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from cordlite.cli import main as cli
 from cordlite.data import AudioCache, encode_views, read_manifest
-from cordlite.models.families import FAMILIES, FamilyError, detect_family, family_for_type, family_of
+from cordlite.models.families import FAMILIES, FamilyError, family_for_type, family_of
 from cordlite.models.load import load_base
 from cordlite.models.lora import adapters_off, attach_lora
 from cordlite.models.runtime import resolve_runtime

@@ -5,7 +5,6 @@ from __future__ import annotations
 from cordlite.models.lora import base_of
 
 
-
 def _family_tokens(attr: str) -> tuple[str, ...]:
     """Every family's `attr` tokens (a tokenizer holds only its own family's; the others are unknown to it)."""
     from cordlite.models.families import FAMILIES

@@ -23,8 +23,6 @@ libraries at import time, which must never happen in a run that does not use it 
 from __future__ import annotations
 
 import importlib.util
-import json
-from pathlib import Path
 
 import torch
 
