@@ -147,7 +147,7 @@ def test_skip_bad_rows_trains_on_the_rest_and_lists_what_it_left_out(tiny_model_
     assert listed[1].startswith(f"line {n + 2}: audio_path") and "not found" in listed[1]
     assert listed[2].startswith("row 'long': ") and "longer than data.max_audio_seconds" in listed[2]
     assert len(listed) == 3
-    assert f"skipped 3 bad row(s) (data.skip_bad_rows)" in capsys.readouterr().err
+    assert "skipped 3 bad row(s) (data.skip_bad_rows)" in capsys.readouterr().err
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert row["rows_skipped"] == 3 and not {"gone", "long"} & set(row["prompt_ids"])
 
