@@ -89,3 +89,55 @@ def _plain_base(model_dir: Path, quant: str = "none"):
     m = family.transformers_class().from_pretrained(model_dir, quantization_config=bnb, device_map={"": "cpu"})
     _cpu_4bit_trainable(m)
     return m.eval()
+
+
+@pytest.fixture(scope="session")
+def lora_student():
+    """lora_student(recipe, b_scale=0.05) -> (model, processor, rt): see _lora_student."""
+    return _lora_student
+
+
+def _lora_student(recipe, b_scale: float = 0.05):
+    """The recipe's base loaded by cordlite (torch seed 0) with its LoRA attached (seed 0), lora_B drawn
+    from N(0, b_scale^2) (generator seed 1): a trained-looking adapter, so the student (adapters on)
+    and the teacher (off) differ and every LoRA tensor gets a gradient. b_scale 0 keeps the fresh
+    adapter (B = 0)."""
+    import torch
+
+    from cordlite.models.load import load_base
+    from cordlite.models.lora import attach_lora
+    from cordlite.models.runtime import resolve_runtime
+
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
+    torch.manual_seed(0)
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    model = attach_lora(model, recipe.lora, rt, seed=0)
+    if b_scale:
+        g = torch.Generator().manual_seed(1)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data = torch.randn(p.shape, generator=g) * b_scale
+    return model, processor, rt
+
+
+@pytest.fixture(scope="session")
+def text_view_logprobs():
+    """text_view_logprobs(model, views, ids, mask, teacher) -> [n, L, V]: see _text_view_logprobs."""
+    return _text_view_logprobs
+
+
+def _text_view_logprobs(model, views, ids, mask, teacher: bool):
+    """Full-vocabulary log-probs of completions `ids` [n, L] after the text-view prompts (row i after
+    prompt i mod B), with the adapters off when `teacher`."""
+    import torch
+
+    from cordlite.models.lora import adapters_off
+    from cordlite.models.sampling import repeat_rows
+    from cordlite.objective.logprobs import completion_hidden, full_logprobs
+
+    prompt = repeat_rows(views.text, torch.arange(ids.shape[0]) % views.text["input_ids"].shape[0])
+    with torch.no_grad():
+        if teacher:
+            with adapters_off(model):
+                return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
+        return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)

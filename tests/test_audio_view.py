@@ -18,13 +18,12 @@ from cordlite.data import AudioCache, encode_views, read_manifest
 from cordlite.models.audio_view import encode_audio, merge_audio, project, prompt_embeds
 from cordlite.models.load import load_base
 from cordlite.models.lora import attach_lora, base_of
-from cordlite.models.runtime import resolve_runtime
 from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
 from cordlite.recipe import recipe_from_dict
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
+def setup(tiny_model_dir, tiny_manifest, tmp_path_factory, lora_student):
     raw = {
         "model": {"name_or_path": str(tiny_model_dir), "device": "cpu"},
         "quantization": {"mode": "none"},
@@ -37,14 +36,7 @@ def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
         "output": {"dir": str(tmp_path_factory.mktemp("run")), "progress": False},
     }
     recipe = recipe_from_dict(raw)
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
-    torch.manual_seed(0)
-    model, processor = load_base(recipe.model, recipe.quantization, rt)
-    model = attach_lora(model, recipe.lora, rt, seed=0)
-    g = torch.Generator().manual_seed(1)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:  # trained-looking adapters everywhere, the encoder's included
-            p.data = torch.randn(p.shape, generator=g) * 0.1
+    model, processor, rt = lora_student(recipe, 0.1)  # trained-looking adapters everywhere, the encoder's included
     views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
     return model, processor, views, recipe, rt
 

@@ -21,12 +21,8 @@ from cordlite.cli import main as cli
 from cordlite.data import AudioCache, encode_views, read_manifest
 from cordlite.models.families import FAMILIES, FamilyError, family_for_type, family_of
 from cordlite.models.load import load_base
-from cordlite.models.lora import adapters_off, attach_lora
-from cordlite.models.runtime import resolve_runtime
-from cordlite.models.sampling import repeat_rows
 from cordlite.models.tiny_families import TINY_FAMILIES, ensure_tiny
 from cordlite.objective import step as step_module
-from cordlite.objective.logprobs import completion_hidden, full_logprobs
 from cordlite.objective.step import ReferenceStore, Tokens, collect, compute_loss
 from cordlite.recipe import recipe_from_dict, recipe_to_dict
 
@@ -64,41 +60,28 @@ def _raw(model_dir: Path, manifest: Path, out: Path, quant: str = "none", steps:
     }
 
 
-def _text_lp(model, views, ids, mask, teacher: bool):
-    prompt = repeat_rows(views.text, torch.arange(ids.shape[0]) % views.text["input_ids"].shape[0])
-    with torch.no_grad():
-        if teacher:
-            with adapters_off(model):
-                return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
-        return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
-
-
 @pytest.mark.parametrize("quant", ["none", "nf4"])
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(family, quant, family_dirs, plain_base,
+                                                                               lora_student, text_view_logprobs,
                                                                                tiny_manifest, tmp_path, monkeypatch):
     model_dir = family_dirs[family]
     recipe = recipe_from_dict(_raw(model_dir, tiny_manifest, tmp_path / "run", quant))
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
-    torch.manual_seed(0)
-    model, processor = load_base(recipe.model, recipe.quantization, rt)
-    assert family_of(model).name == family and type(model).__name__ == FAMILIES[family].model_class
-    model = attach_lora(model, recipe.lora, rt, seed=0)
+    # a fresh adapter has B = 0 and A gets no gradient: start from B != 0
+    model, processor, rt = lora_student(recipe)
+    base = model.get_base_model()
+    assert family_of(model).name == family and type(base).__name__ == FAMILIES[family].model_class
     names = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     fam = FAMILIES[family]
     for side in (fam.language_model.split(".")[-1], fam.tower.split(".")[-1], fam.projector.split(".")[-1]):
         assert any(f".{side}." in n for n in names), (side, names[:4])
-    g = torch.Generator().manual_seed(1)  # a fresh adapter has B = 0 and A gets no gradient: start from B != 0
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            p.data = torch.randn(p.shape, generator=g) * 0.05
     monkeypatch.setattr(step_module, "rule_rewards", lambda texts, *a, **k: [float(i % 2) for i in range(len(texts))])
     views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), INSTRUCTION)
     plain = plain_base(model_dir, quant)
     probe = torch.randint(0, 200, (2, 5))
     ones = torch.ones(2, 5, dtype=torch.long)
-    base_lp = _text_lp(plain, views, probe, ones, teacher=False)
-    assert torch.allclose(_text_lp(model, views, probe, ones, teacher=True), base_lp, atol=1e-5)
+    base_lp = text_view_logprobs(plain, views, probe, ones, teacher=False)
+    assert torch.allclose(text_view_logprobs(model, views, probe, ones, teacher=True), base_lp, atol=1e-5)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
@@ -111,8 +94,8 @@ def test_cord_step_moves_every_lora_tensor_and_keeps_the_teacher_the_plain_base(
     assert lora and all(changed[n] for n in lora), [n for n in lora if not changed[n]]
     assert not any(changed[n] for n in changed if "lora_" not in n)
     assert stats["tok_loss"] > 0 and stats["adv_abs_mean"] == 0.5
-    assert torch.allclose(_text_lp(model, views, probe, ones, teacher=True), base_lp, atol=1e-5)
-    assert not torch.allclose(_text_lp(model, views, probe, ones, teacher=False), base_lp, atol=1e-5)
+    assert torch.allclose(text_view_logprobs(model, views, probe, ones, teacher=True), base_lp, atol=1e-5)
+    assert not torch.allclose(text_view_logprobs(model, views, probe, ones, teacher=False), base_lp, atol=1e-5)
     if quant == "nf4":
         import bitsandbytes as bnb
 

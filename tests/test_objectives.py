@@ -42,16 +42,9 @@ def _adapters_disabled(model) -> bool:
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir, tiny_manifest, tmp_path_factory):
+def setup(tiny_model_dir, tiny_manifest, tmp_path_factory, lora_student):
     recipe = recipe_from_dict(_raw(tiny_model_dir, tiny_manifest, tmp_path_factory.mktemp("run"), "sft"))
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
-    torch.manual_seed(0)
-    model, processor = load_base(recipe.model, recipe.quantization, rt)
-    model = attach_lora(model, recipe.lora, rt, seed=0)
-    g = torch.Generator().manual_seed(1)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:  # a trained-looking adapter, so student (on) and teacher (off) differ
-            p.data = torch.randn(p.shape, generator=g) * 0.1
+    model, processor, rt = lora_student(recipe, 0.1)  # student (on) and teacher (off) differ
     views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
     return model, processor, views, rt
 

@@ -15,9 +15,6 @@ import torch
 import yaml
 
 from cordlite.data import AudioCache, ManifestError, encode_views, read_manifest
-from cordlite.models.load import load_base
-from cordlite.models.lora import adapters_off, attach_lora
-from cordlite.models.runtime import resolve_runtime
 from cordlite.models.sampling import repeat_rows
 from cordlite.objective import step as step_module
 from cordlite.objective.logprobs import completion_hidden, full_logprobs
@@ -42,27 +39,11 @@ def tiny_raw(model_dir: Path, manifest: Path, out: Path, quant: str = "none") ->
     }
 
 
-def _teacher_lp(model, views, ids, mask, use_adapters_off: bool):
-    prompt = repeat_rows(views.text, torch.arange(ids.shape[0]) % views.text["input_ids"].shape[0])
-    with torch.no_grad():
-        if use_adapters_off:
-            with adapters_off(model):
-                return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
-        return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
-
-
-def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bool, plain_base):
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
-    torch.manual_seed(0)
-    model, processor = load_base(recipe.model, recipe.quantization, rt)
-    model = attach_lora(model, recipe.lora, rt, seed=0)
-    if perturb_b:
-        # A fresh adapter has lora_B = 0, so lora_A's gradient is exactly 0 on the first step;
-        # start from a non-zero B (as after any trained step) so every LoRA tensor must move.
-        g = torch.Generator().manual_seed(1)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.data = torch.randn(p.shape, generator=g) * 0.05
+def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bool, plain_base, lora_student,
+                  text_view_logprobs):
+    # A fresh adapter has lora_B = 0, so lora_A's gradient is exactly 0 on the first step;
+    # start from a non-zero B (as after any trained step) so every LoRA tensor must move.
+    model, processor, rt = lora_student(recipe, 0.05 if perturb_b else 0.0)
     # A random tiny model never matches its reference answer; alternate rewards so the GRPO
     # term has non-zero advantages and its gradient path is exercised too.
     monkeypatch.setattr(step_module, "rule_rewards", lambda texts, *a, **k: [float(i % 2) for i in range(len(texts))])
@@ -72,8 +53,8 @@ def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bo
 
     probe_ids = torch.randint(0, 900, (2, 5))
     probe_mask = torch.ones(2, 5, dtype=torch.long)
-    base_lp = _teacher_lp(plain, views, probe_ids, probe_mask, False)
-    assert torch.allclose(_teacher_lp(model, views, probe_ids, probe_mask, True), base_lp, atol=1e-5)
+    base_lp = text_view_logprobs(plain, views, probe_ids, probe_mask, False)
+    assert torch.allclose(text_view_logprobs(model, views, probe_ids, probe_mask, True), base_lp, atol=1e-5)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -83,19 +64,20 @@ def _run_one_step(recipe, manifest, model_dir, quant, monkeypatch, perturb_b: bo
     loss.backward()
     opt.step()
 
-    after_lp = _teacher_lp(model, views, probe_ids, probe_mask, True)
+    after_lp = text_view_logprobs(model, views, probe_ids, probe_mask, True)
     assert torch.allclose(after_lp, base_lp, atol=1e-5), "the teacher must stay the plain base after training"
     # ...while the student (adapters on) has moved away from it
-    assert not torch.allclose(_teacher_lp(model, views, probe_ids, probe_mask, False), base_lp, atol=1e-5)
+    assert not torch.allclose(text_view_logprobs(model, views, probe_ids, probe_mask, False), base_lp, atol=1e-5)
     changed = {n: not torch.equal(before[n], p.detach()) for n, p in model.named_parameters()}
     return model, changed, stats
 
 
 @pytest.mark.parametrize("quant", ["none", "nf4"])
 def test_one_step_moves_every_lora_param_and_no_base_param(quant, tiny_model_dir, tiny_manifest, tmp_path, monkeypatch,
-                                                           plain_base):
+                                                           plain_base, lora_student, text_view_logprobs):
     recipe = recipe_from_dict(tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run", quant))
-    model, changed, stats = _run_one_step(recipe, tiny_manifest, tiny_model_dir, quant, monkeypatch, True, plain_base)
+    model, changed, stats = _run_one_step(recipe, tiny_manifest, tiny_model_dir, quant, monkeypatch, True, plain_base,
+                                          lora_student, text_view_logprobs)
     lora = [n for n in changed if "lora_" in n]
     base = [n for n in changed if "lora_" not in n]
     assert lora and base
@@ -111,9 +93,11 @@ def test_one_step_moves_every_lora_param_and_no_base_param(quant, tiny_model_dir
         assert not any(isinstance(m, bnb.nn.Linear4bit) for m in audio.modules())
 
 
-def test_fresh_adapter_first_step_moves_every_lora_b(tiny_model_dir, tiny_manifest, tmp_path, monkeypatch, plain_base):
+def test_fresh_adapter_first_step_moves_every_lora_b(tiny_model_dir, tiny_manifest, tmp_path, monkeypatch, plain_base,
+                                                     lora_student, text_view_logprobs):
     recipe = recipe_from_dict(tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run"))
-    _, changed, _ = _run_one_step(recipe, tiny_manifest, tiny_model_dir, "none", monkeypatch, False, plain_base)
+    _, changed, _ = _run_one_step(recipe, tiny_manifest, tiny_model_dir, "none", monkeypatch, False, plain_base,
+                                 lora_student, text_view_logprobs)
     assert all(changed[n] for n in changed if "lora_B" in n)
     assert not any(changed[n] for n in changed if "lora_" not in n)
 
@@ -364,7 +348,8 @@ def test_a_late_bad_clip_stops_the_run_before_the_first_step(tiny_model_dir, tin
     assert err.count("1 clip(s) not mono: channels averaged as read (e.g. 'late-8k')") == 1
 
 
-def test_kl_direction_forward_trains_the_forward_kl_on_the_students_rollouts(tiny_model_dir, tiny_manifest, tmp_path):
+def test_kl_direction_forward_trains_the_forward_kl_on_the_students_rollouts(tiny_model_dir, tiny_manifest, tmp_path,
+                                                                            lora_student):
     """loss.kl_direction: forward keeps CORD's rollouts (the student's own) and weights, and swaps the
     per-token divergence for KL(teacher || student): on one collected batch, kl_mean is the masked
     mean of each direction computed by hand from the teacher's and the student's log-probs."""
@@ -373,14 +358,7 @@ def test_kl_direction_forward_trains_the_forward_kl_on_the_students_rollouts(tin
     raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
     raw["loss"].update(lambda_seq=0.0)
     recipe = recipe_from_dict(raw)
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
-    torch.manual_seed(0)
-    model, processor = load_base(recipe.model, recipe.quantization, rt)
-    model = attach_lora(model, recipe.lora, rt, seed=0)
-    g = torch.Generator().manual_seed(1)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            p.data = torch.randn(p.shape, generator=g) * 0.05  # the student differs from the teacher
+    model, processor, rt = lora_student(recipe)  # the student differs from the teacher
     views = encode_views(processor, read_manifest(tiny_manifest)[:2], AudioCache(), "Answer the question.")
     c = collect(model, processor.tokenizer, views, recipe, rt, Tokens.of(model, processor.tokenizer),
                 ReferenceStore(None))

@@ -56,11 +56,11 @@ class _RowTemperature:
         return scores / self.temperatures.to(scores.device, scores.dtype)
 
 
-def _prompt_cache(base, prompt: dict[str, torch.Tensor], num_per_prompt: int):
+def _prompt_cache(base, lm, prompt: dict[str, torch.Tensor], num_per_prompt: int):
     """The language model's keys and values of every prompt but its last token ([B, P-1] -> a
     cache of B * num_per_prompt rows, each prompt's repeated): generate() then reads only the last
-    token, as it does after any prefilled cache, and samples on from there."""
-    lm = language_model_of(base)
+    token, as it does after any prefilled cache, and samples on from there. `lm` is base's decoder
+    (families.language_model_of)."""
     mask = prompt["attention_mask"]  # [B, P]
     embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.get_input_embeddings()(prompt["input_ids"])
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate() counts them
@@ -138,7 +138,7 @@ def sample(
     lm = language_model_of(base)  # None for a text-only model (the LLM judge): its own prefill
     if (share_prefill and lm is not None and ("inputs_embeds" in prompt or "input_features" not in prompt)
             and prompt["input_ids"].shape[1] > 1 and saved.cache_implementation is None):
-        cache = {cache_kwarg(type(lm)): _prompt_cache(base, prompt, num_per_prompt)}
+        cache = {cache_kwarg(type(lm)): _prompt_cache(base, lm, prompt, num_per_prompt)}
     try:
         out = model.generate(**forward_inputs(base, inputs), generation_config=gen,
                              logits_processor=processors if not greedy else None, **cache)

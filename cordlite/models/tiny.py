@@ -102,31 +102,13 @@ class TinySpec:
                 )
 
 
-def build_model(spec: TinySpec, tokenizer):
-    import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2AudioConfig,
-        Qwen2AudioEncoderConfig,
-        Qwen2AudioForConditionalGeneration,
-        Qwen2Config,
-    )
+def qwen2_text_config(spec: TinySpec, vocab_size: int, endoftext: int, im_end: int):
+    """The tiny Qwen2 language model's config (shared by every family whose LM is Qwen2)."""
+    from transformers import Qwen2Config
 
-    ids = special_ids(tokenizer)
-    endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
-    audio_config = Qwen2AudioEncoderConfig(
-        num_mel_bins=spec.num_mel_bins,
-        encoder_layers=spec.audio_layers,
-        encoder_attention_heads=spec.audio_heads,
-        encoder_ffn_dim=spec.audio_ffn_dim,
-        d_model=spec.audio_d_model,
-        max_source_positions=spec.max_source_positions,
-        activation_function="gelu",
-        scale_embedding=False,
-    )
-    text_config = Qwen2Config(
+    return Qwen2Config(
         # Exactly the tokenizer length: the embedding must cover every special token id.
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
         num_hidden_layers=spec.num_hidden_layers,
@@ -141,6 +123,30 @@ def build_model(spec: TinySpec, tokenizer):
         eos_token_id=im_end,
         pad_token_id=endoftext,
     )
+
+
+def build_model(spec: TinySpec, tokenizer):
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2AudioConfig,
+        Qwen2AudioEncoderConfig,
+        Qwen2AudioForConditionalGeneration,
+    )
+
+    ids = special_ids(tokenizer)
+    endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
+    audio_config = Qwen2AudioEncoderConfig(
+        num_mel_bins=spec.num_mel_bins,
+        encoder_layers=spec.audio_layers,
+        encoder_attention_heads=spec.audio_heads,
+        encoder_ffn_dim=spec.audio_ffn_dim,
+        d_model=spec.audio_d_model,
+        max_source_positions=spec.max_source_positions,
+        activation_function="gelu",
+        scale_embedding=False,
+    )
+    text_config = qwen2_text_config(spec, len(tokenizer), endoftext, im_end)
     config = Qwen2AudioConfig(
         audio_config=audio_config,
         text_config=text_config,

@@ -21,11 +21,10 @@ import tempfile
 from pathlib import Path
 
 from cordlite.files import ordinary_modes
-from cordlite.models.tiny import TinySpec
+from cordlite.models.tiny import TinySpec, qwen2_text_config
 from cordlite.models.tiny_checkpoint import MARKER_FILE, _check_replaceable, _install, build_tiny_qwen2audio, \
     ensure_tiny_qwen2audio, read_marker
-from cordlite.models.tiny_processor import HOP_LENGTH, N_FFT, SAMPLING_RATE, corpus_digest, default_corpus, \
-    train_tokenizer
+from cordlite.models.tiny_processor import corpus_digest, default_corpus, train_tokenizer, whisper_features
 
 __all__ = ["TINY_FAMILIES", "build_tiny", "ensure_tiny"]
 
@@ -63,24 +62,6 @@ AF3_CHAT_TEMPLATE = (
 )
 
 
-def _whisper_features(spec: TinySpec):
-    from transformers import WhisperFeatureExtractor
-
-    return WhisperFeatureExtractor(feature_size=spec.num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=HOP_LENGTH,
-                                   chunk_length=spec.chunk_length_s, n_fft=N_FFT, padding_value=0.0,
-                                   return_attention_mask=True)
-
-
-def _qwen2_text_config(spec: TinySpec, tokenizer, endoftext: int, im_end: int):
-    from transformers import Qwen2Config
-
-    return Qwen2Config(vocab_size=len(tokenizer), hidden_size=spec.hidden_size,
-                       intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_hidden_layers,
-                       num_attention_heads=spec.num_attention_heads, num_key_value_heads=spec.num_key_value_heads,
-                       max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                       use_sliding_window=False, bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext)
-
-
 def _audioflamingo3(spec: TinySpec, lines: list[str]):
     """(model, processor, special token ids) of a tiny Audio Flamingo 3."""
     import torch
@@ -99,14 +80,14 @@ def _audioflamingo3(spec: TinySpec, lines: list[str]):
                                         encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn_dim,
                                         d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
                                         scale_embedding=False)
-    config = AudioFlamingo3Config(audio_config=audio, text_config=_qwen2_text_config(spec, tokenizer, endoftext, im_end),
+    config = AudioFlamingo3Config(audio_config=audio, text_config=qwen2_text_config(spec, len(tokenizer), endoftext, im_end),
                                   audio_token_id=ids["<sound>"])
     config.dtype = "float32"
     torch.manual_seed(spec.seed)
     model = AudioFlamingo3ForConditionalGeneration(config).to(torch.float32).eval()
     model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
                                                pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
-    processor = AudioFlamingo3Processor(feature_extractor=_whisper_features(spec), tokenizer=tokenizer,
+    processor = AudioFlamingo3Processor(feature_extractor=whisper_features(spec.num_mel_bins, spec.chunk_length_s), tokenizer=tokenizer,
                                         chat_template=AF3_CHAT_TEMPLATE, max_audio_len=spec.chunk_length_s)
     return model, processor, ids
 

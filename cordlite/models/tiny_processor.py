@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 
 __all__ = ["QWEN2_AUDIO_CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_processor", "corpus_digest", "default_corpus",
-           "special_ids", "train_tokenizer"]
+           "special_ids", "train_tokenizer", "whisper_features"]
 
 # Qwen2-Audio's special tokens, in the order the real vocabulary appends them
 # after its BPE entries (151643..151648 there; directly after the BPE entries here).
@@ -220,13 +220,11 @@ def train_tokenizer(vocab_size: int, corpus: Sequence[str], special_tokens: Sequ
     return tokenizer
 
 
-def build_processor(tokenizer, *, num_mel_bins: int, chunk_length_s: int, max_source_positions: int):
-    """Qwen2AudioProcessor (Whisper features) for an encoder of `max_source_positions`; the
-    numbers come from the caller's spec (cordlite.models.tiny.TinySpec), which this module never
-    imports."""
-    from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
+def whisper_features(num_mel_bins: int, chunk_length_s: int):
+    """The Whisper feature extractor of the tiny checkpoints (16 kHz, hop 160, a chunk_length_s window)."""
+    from transformers import WhisperFeatureExtractor
 
-    feature_extractor = WhisperFeatureExtractor(
+    return WhisperFeatureExtractor(
         feature_size=num_mel_bins,
         sampling_rate=SAMPLING_RATE,
         hop_length=HOP_LENGTH,
@@ -235,6 +233,15 @@ def build_processor(tokenizer, *, num_mel_bins: int, chunk_length_s: int, max_so
         padding_value=0.0,
         return_attention_mask=True,
     )
+
+
+def build_processor(tokenizer, *, num_mel_bins: int, chunk_length_s: int, max_source_positions: int):
+    """Qwen2AudioProcessor (Whisper features) for an encoder of `max_source_positions`; the
+    numbers come from the caller's spec (cordlite.models.tiny.TinySpec), which this module never
+    imports."""
+    from transformers import Qwen2AudioProcessor
+
+    feature_extractor = whisper_features(num_mel_bins, chunk_length_s)
     # The encoder rejects any mel length other than 2 * max_source_positions,
     # and the processor always pads to nb_max_frames, so the two must agree.
     if feature_extractor.nb_max_frames != 2 * max_source_positions:
