@@ -135,10 +135,10 @@ def test_merge_reloads_in_a_fresh_process_and_eval_infer_diagnose_run(family, fa
     from cordlite.deploy.infer import audio_prompt_inputs
     from cordlite.models.adapter import load_adapter
     from cordlite.models.families import forward_inputs
-    from transformers import AutoProcessor, GenerationConfig
+    from transformers import GenerationConfig
 
     base = plain_base(model_dir, "none")
-    processor = AutoProcessor.from_pretrained(model_dir)
+    processor = FAMILIES[family].load_processor(str(model_dir))
     processor.tokenizer.padding_side = "left"
     model = load_adapter(base, run / "adapter").eval()
     inputs = forward_inputs(base, audio_prompt_inputs(processor, [load_audio(p) for p in clips], INSTRUCTION))
@@ -166,14 +166,16 @@ def test_merge_reloads_in_a_fresh_process_and_eval_infer_diagnose_run(family, fa
 FRESH = """
 import json, sys
 import torch
-from transformers import AutoConfig, AutoProcessor, GenerationConfig
+from transformers import GenerationConfig
 import transformers
 from cordlite.audio import load_audio
 from cordlite.deploy.infer import audio_prompt_inputs
+from cordlite.models.families import family_named
 out, clips = sys.argv[1], json.loads(sys.argv[2])
 export = json.load(open(out + "/cordlite_export.json"))
 model = getattr(transformers, export["model_class"]).from_pretrained(out).eval()
-processor = AutoProcessor.from_pretrained(out)
+# AutoProcessor's; without torchvision the omni-modal processor classes are built from their audio and text parts
+processor = family_named(export["family"]).load_processor(out)
 processor.tokenizer.padding_side = "left"
 inputs = audio_prompt_inputs(processor, [load_audio(p) for p in clips], export["prompt"]["instruction"])
 mask_key = "input_features_mask" if export["family"] == "audioflamingo3" else "feature_attention_mask"
@@ -191,13 +193,11 @@ def test_merged_audio_embeddings_give_the_models_own_logits(family, family_dirs,
     """The audio view as cordlite builds it (the family's encoder on the start of the window, its
     projector, the frames written over the placeholders) gives the logits of the model's own forward
     on the processor's full-window features, for clips of different lengths in one batch."""
-    from transformers import AutoProcessor
-
     from cordlite.models.audio_view import prompt_embeds
     from cordlite.models.families import forward_inputs
 
     model = plain_base(family_dirs[family]).double()
-    processor = AutoProcessor.from_pretrained(family_dirs[family])
+    processor = FAMILIES[family].load_processor(str(family_dirs[family]))
     processor.tokenizer.padding_side = "left"
     audio = encode_views(processor, read_manifest(tiny_manifest)[:3], AudioCache(), INSTRUCTION).audio
     assert len(set(audio["feature_attention_mask"].sum(-1).tolist())) > 1  # clips of other lengths
@@ -265,3 +265,65 @@ def test_every_family_has_a_recipe_for_its_smallest_checkpoint():
         assert "# Hardware:" in text and f"# Command:  cordlite train recipes/{path.name}" in text, path
         recipe = recipe_from_dict(yaml.safe_load(text), str(path), check_paths=False)
         assert recipe.model.family is None  # found from the checkpoint's config.json
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_projector_adapters_keep_the_encoders_frames_reusable(family, family_dirs, tiny_manifest, tmp_path, lora_student,
+                                                             plain_base):
+    """Adapters on the projector (inside the audio tower for Qwen2.5-Omni) leave the encoder frozen:
+    its digest is the plain base's and cached frames give the prompts computed from scratch;
+    adapters on the encoder's layers make it trainable."""
+    from cordlite.models.audio_view import FrameCache, encoder_digest, encoder_is_frozen, prompt_embeds
+
+    raw = _raw(family_dirs[family], tiny_manifest, tmp_path / "run")
+    raw["lora"]["audio_encoder"] = False
+    model, processor, _ = lora_student(recipe_from_dict(raw))
+    assert any("lora_A" in n for n, _ in model.named_parameters() if ".audio_tower." in n or ".multi_modal_projector." in n)
+    assert encoder_is_frozen(model)
+    assert encoder_digest(model) == encoder_digest(plain_base(family_dirs[family]))
+    examples = read_manifest(tiny_manifest)[:3]
+    audio = encode_views(processor, examples, AudioCache(), INSTRUCTION).audio
+    cache = FrameCache()
+    with torch.no_grad():
+        fresh = prompt_embeds(model, audio)["inputs_embeds"]
+        cache.prompt(model, [e.id for e in examples], audio)  # fills the cache
+        cached = cache.prompt(model, [e.id for e in examples], audio)["inputs_embeds"]
+    assert torch.equal(fresh, cached)
+    raw["lora"]["audio_encoder"] = True
+    model, _, _ = lora_student(recipe_from_dict(raw))
+    assert not encoder_is_frozen(model)
+
+
+def test_omni_processor_without_torchvision_is_the_real_class_for_audio_and_text(family_dirs, tiny_manifest, tmp_path):
+    """Qwen2.5-Omni's processor built from its audio and text parts: the real class's prompts (three
+    placeholders, one per 40 ms of the clip, inside <|audio_bos|> ... <|audio_eos|>), it
+    refuses images with the reason, and save_pretrained writes files that load back to the same prompts
+    and name the real class, with the image processor's settings kept."""
+    from transformers import Qwen2_5OmniProcessor
+
+    from cordlite.models.families.processors import audio_text_processor
+
+    model_dir = family_dirs["qwen2_5_omni"]
+    processor = audio_text_processor("Qwen2_5OmniProcessor", str(model_dir))
+    processor.tokenizer.padding_side = "left"  # as cordlite's loaders set it
+    assert isinstance(processor, Qwen2_5OmniProcessor)
+    assert processor.image_processor is None and processor.video_processor is None
+    examples = read_manifest(tiny_manifest)[:2]
+    views = encode_views(processor, examples, AudioCache(), INSTRUCTION)
+    ids = views.audio["input_ids"]
+    frames = views.audio["feature_attention_mask"].sum(-1)
+    placeholders = (ids == processor.audio_token_id).sum(-1)
+    assert placeholders.tolist() == [((((n - 1) // 2 + 1) - 2) // 2 + 1) for n in frames.tolist()]  # 25 per s
+    first = ids[0][views.audio["attention_mask"][0].bool()].tolist()
+    start = first.index(processor.tokenizer.convert_tokens_to_ids("<|audio_bos|>"))
+    assert first[start + 1 + int(placeholders[0])] == processor.tokenizer.convert_tokens_to_ids("<|audio_eos|>")
+    with pytest.raises(ValueError, match="without its image and video processors"):
+        processor(text=["x"], images=[torch.zeros(3, 28, 28)])
+    processor.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "preprocessor_config.json").read_text())
+    assert saved["processor_class"] == "Qwen2_5OmniProcessor" and saved["image_processor_type"] == "Qwen2VLImageProcessor"
+    again = audio_text_processor("Qwen2_5OmniProcessor", str(tmp_path / "saved"))
+    again.tokenizer.padding_side = "left"
+    views2 = encode_views(again, examples, AudioCache(), INSTRUCTION)
+    assert torch.equal(views2.audio["input_ids"], ids) and torch.equal(views2.text["input_ids"], views.text["input_ids"])
+    assert torch.equal(views2.audio["input_features"], views.audio["input_features"])

@@ -58,7 +58,7 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto", quantize: s
     `quantize="nf4"` loads the language model in 4 bit (audio encoder, projector and LM head stay
     unquantised); a checkpoint exported with `cordlite merge --quantize nf4` is 4-bit already.
     """
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
     from cordlite.config import QuantizationConfig
     from cordlite.models.families import FamilyError, detect_family, mark_family
@@ -80,7 +80,7 @@ def load_model(path: str, device: str = "auto", dtype: str = "auto", quantize: s
         if quantize == "nf4" or prequantized:
             kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
         model = family.transformers_class().from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path)
+        processor = family.load_processor(path)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"--model: cannot load {path!r} ({e}). Pass a directory written by `cordlite merge`, "
                              "a checkpoint directory, or a hub id reachable from this machine") from None

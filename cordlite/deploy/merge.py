@@ -151,8 +151,6 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
     `progress(stage, message)` is called at each stage: load, reference, merge, saved, check,
     quantize, done.
     """
-    from transformers import AutoProcessor
-
     from cordlite.config import ModelConfig, QuantizationConfig
     from cordlite.deploy.loading import load_model, pick_device
     from cordlite.deploy.merge_check import check_items as make_items
@@ -202,7 +200,7 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
         full = tmp / "full"
         merged.save_pretrained(full, max_shard_size=max_shard_size)
         # The base's own processor files, untouched (load_base switched padding to the left for training).
-        export_processor = AutoProcessor.from_pretrained(base_id, **({"revision": revision} if revision else {}))
+        export_processor = family.load_processor(base_id, revision)
         export_processor.save_pretrained(full)
         del merged, model
         _free()

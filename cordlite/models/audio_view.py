@@ -70,11 +70,20 @@ def prompt_embeds(model, prompt: dict[str, torch.Tensor],
     return {"inputs_embeds": embeds, "attention_mask": prompt["attention_mask"], "input_ids": prompt["input_ids"]}
 
 
+def _encoder_only(model, items):
+    """(name, value) pairs of the audio tower's `items`, without the projector where the family's
+    projector sits inside the tower (Qwen2.5-Omni's audio_tower.proj): what encode_audio computes."""
+    tower, projector, _, _, _ = _parts(model)
+    inner = [name for name, module in tower.named_modules() if module is projector]
+    prefixes = tuple(f"{name}." for name in inner)
+    return [(name, value) for name, value in items(tower) if not name.startswith(prefixes)]
+
+
 def encoder_is_frozen(model) -> bool:
     """True when nothing can change the audio tower's output between calls: no adapter layers in
-    it and no parameter of it that trains."""
-    tower, _, _, _, _ = _parts(model)
-    return not any("lora_" in name or p.requires_grad for name, p in tower.named_parameters())
+    it and no parameter of it that trains (the projector, run on every call, aside)."""
+    return not any("lora_" in name or p.requires_grad
+                   for name, p in _encoder_only(model, lambda t: t.named_parameters()))
 
 
 class FrameStoreError(ValueError):
@@ -86,9 +95,8 @@ def encoder_digest(model) -> str:
     are this encoder's only when the digests agree."""
     import hashlib
 
-    tower, _, _, _, _ = _parts(model)
     h = hashlib.sha256()
-    for name, t in sorted(tower.state_dict().items()):
+    for name, t in sorted(_encoder_only(model, lambda tower: tower.state_dict().items())):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -42,8 +42,6 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
         from cordlite.models.unsloth_backend import load_unsloth  # never imported unless asked for
 
         return load_unsloth(model_cfg, quant, rt)
-    from transformers import AutoProcessor
-
     from cordlite.models.families import FamilyError, detect_family, mark_family
 
     path = model_cfg.name_or_path
@@ -64,7 +62,7 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
         kwargs["device_map"] = {"": rt.device.index or 0} if rt.device.type == "cuda" else {"": "cpu"}
     try:
         model = family.transformers_class().from_pretrained(path, **kwargs)
-        processor = AutoProcessor.from_pretrained(path, **({"revision": model_cfg.revision} if model_cfg.revision else {}))
+        processor = family.load_processor(path, model_cfg.revision)
     except OSError as e:
         raise ModelLoadError(f"model.name_or_path: cannot load {path!r} ({e}). Use a local checkpoint directory "
                              f"or a hub id reachable from this machine (e.g. {family.smallest}).") from None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cordlite.models.families import forward_inputs, language_model_of
+from cordlite.models.families import family_or_none, forward_inputs, language_model_of
 
 
 @dataclass
@@ -135,6 +135,9 @@ def sample(
     base.generation_config = GenerationConfig(eos_token_id=list(end_ids), pad_token_id=pad_id,
                                               cache_implementation=saved.cache_implementation)
     cache = {}
+    family = family_or_none(base)
+    if family is not None and family.before_generate is not None:
+        family.before_generate(base, inputs["input_ids"].shape[0])
     lm = language_model_of(base)  # None for a text-only model (the LLM judge): its own prefill
     if (share_prefill and lm is not None and ("inputs_embeds" in prompt or "input_features" not in prompt)
             and prompt["input_ids"].shape[1] > 1 and saved.cache_implementation is None):

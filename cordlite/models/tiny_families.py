@@ -92,7 +92,93 @@ def _audioflamingo3(spec: TinySpec, lines: list[str]):
     return model, processor, ids
 
 
-_BUILDERS = {"audioflamingo3": _audioflamingo3}
+# Qwen2.5-Omni's tokens (the names its tokenizer_config.json gives them, which its processor reads)
+# and the chat template of Qwen/Qwen2.5-Omni-3B's processor, verbatim.
+OMNI_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
+                       "<|IMAGE|>", "<|VIDEO|>", "<|vision_bos|>", "<|vision_eos|>", "<|vision_pad|>")
+OMNI_NAMED_TOKENS = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+                     "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>", "vision_bos_token": "<|vision_bos|>",
+                     "vision_eos_token": "<|vision_eos|>"}
+OMNI_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
+    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen2_5_omni(spec: TinySpec, lines: list[str]):
+    """(model, processor, special token ids) of a tiny Qwen2.5-Omni Thinker. Its processor is the real
+    Qwen2_5OmniProcessor without image and video processors (families.processors: built the same
+    way where torchvision is missing); the saved preprocessor_config.json also carries Qwen2-VL's image
+    processor settings, as the real checkpoint's does."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5OmniAudioEncoderConfig,
+        Qwen2_5OmniProcessor,
+        Qwen2_5OmniTextConfig,
+        Qwen2_5OmniThinkerConfig,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+        Qwen2_5OmniVisionEncoderConfig,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from cordlite.models.families.processors import audio_text_class
+
+    tokenizer = train_tokenizer(spec.vocab_size, lines, OMNI_SPECIAL_TOKENS, OMNI_NAMED_TOKENS)
+    ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in OMNI_SPECIAL_TOKENS}
+    endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
+    head_dim = spec.hidden_size // spec.num_attention_heads
+    half = head_dim // 2  # the 3-D rotary sections cover half the head dimension, as (16, 24, 24) of 64 in the 7B
+    section = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
+    text = Qwen2_5OmniTextConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, use_sliding_window=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": section},
+        bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext)
+    audio = Qwen2_5OmniAudioEncoderConfig(
+        num_mel_bins=spec.num_mel_bins, encoder_layers=spec.audio_layers, encoder_attention_heads=spec.audio_heads,
+        encoder_ffn_dim=spec.audio_ffn_dim, d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
+        n_window=100, output_dim=spec.hidden_size)
+    # The vision encoder is part of the class; an audio question never runs it. Smallest legal shape.
+    vision = Qwen2_5OmniVisionEncoderConfig(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                                            out_hidden_size=spec.hidden_size, fullatt_block_indexes=[0])
+    config = Qwen2_5OmniThinkerConfig(
+        audio_config=audio, vision_config=vision, text_config=text, audio_token_index=ids["<|AUDIO|>"],
+        image_token_index=ids["<|IMAGE|>"], video_token_index=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"], audio_end_token_id=ids["<|audio_eos|>"],
+        vision_start_token_id=ids["<|vision_bos|>"], vision_end_token_id=ids["<|vision_eos|>"],
+        user_token_id=tokenizer.encode("user", add_special_tokens=False)[0])
+    config.dtype = "float32"
+    torch.manual_seed(spec.seed)
+    model = Qwen2_5OmniThinkerForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
+                                               pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
+    cls = audio_text_class(Qwen2_5OmniProcessor)
+    processor = cls(image_processor=None, video_processor=None,
+                    feature_extractor=whisper_features(spec.num_mel_bins, spec.chunk_length_s),
+                    tokenizer=tokenizer, chat_template=OMNI_CHAT_TEMPLATE)
+    image = Qwen2VLImageProcessorPil().to_dict()
+    image["image_processor_type"] = "Qwen2VLImageProcessor"
+    processor.source_files = {"preprocessor_config.json": json.dumps(image)}
+    return model, processor, ids
+
+
+_BUILDERS = {"qwen2_5_omni": _qwen2_5_omni, "audioflamingo3": _audioflamingo3}
 TINY_FAMILIES = ("qwen2_audio",) + tuple(_BUILDERS)
 """Families with a tiny checkpoint (the parametrised end-to-end tests run each)."""
 

@@ -167,9 +167,12 @@ def corpus_digest(lines: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def train_tokenizer(vocab_size: int, corpus: Sequence[str], special_tokens: Sequence[str] = SPECIAL_TOKENS):
+def train_tokenizer(vocab_size: int, corpus: Sequence[str], special_tokens: Sequence[str] = SPECIAL_TOKENS,
+                    named_tokens: dict[str, str] | None = None):
     """Train a byte-level BPE and wrap it as transformers' Qwen2Tokenizer, with `special_tokens`
-    (the first is end-of-text, eos and pad) appended after the BPE entries."""
+    (the first is end-of-text, eos and pad) appended after the BPE entries; `named_tokens` gives
+    some of them the attribute names a checkpoint's tokenizer_config.json gives them
+    (audio_token="<|AUDIO|>": tokenizer.audio_token, tokenizer.audio_token_id)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
@@ -217,6 +220,14 @@ def train_tokenizer(vocab_size: int, corpus: Sequence[str], special_tokens: Sequ
     expected = list(range(len(vocab), len(vocab) + len(special_tokens)))
     if ids != expected:
         raise RuntimeError(f"special token ids {ids} are not the expected {expected} after the BPE vocabulary")
+    if named_tokens:  # named after the ids are fixed (naming at construction would add them first)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tokenizer.save_pretrained(tmp)
+            tokenizer = Qwen2Tokenizer.from_pretrained(tmp, **named_tokens)
+        if [tokenizer.convert_tokens_to_ids(tok) for tok in special_tokens] != expected:
+            raise RuntimeError("naming the special tokens moved their ids")
     return tokenizer
 
 

@@ -80,7 +80,6 @@ def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime)
     """Load the base through unsloth's FastModel; every base weight frozen, the processor left-padded."""
     check_unsloth(model_cfg)
     import unsloth  # noqa: F401  (first: it patches transformers when imported)
-    from transformers import AutoProcessor
     from unsloth import FastModel
 
     from cordlite.models.families import detect_family, mark_family
@@ -96,7 +95,7 @@ def load_unsloth(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime)
         use_gradient_checkpointing="unsloth" if rt.gradient_checkpointing else False,
         **({"revision": model_cfg.revision} if model_cfg.revision else {}),
     )
-    processor = AutoProcessor.from_pretrained(model_cfg.name_or_path)
+    processor = family.load_processor(model_cfg.name_or_path, model_cfg.revision)
     processor.tokenizer.padding_side = "left"  # completions must start at the same column in both views
     for p in model.parameters():
         p.requires_grad_(False)

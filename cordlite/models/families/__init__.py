@@ -21,9 +21,10 @@ from pathlib import Path
 
 from cordlite.models.families.audioflamingo3 import FAMILY as AUDIOFLAMINGO3
 from cordlite.models.families.base import AudioFamily, FamilyError, module_at
+from cordlite.models.families.qwen2_5_omni import FAMILY as QWEN2_5_OMNI
 from cordlite.models.families.qwen2_audio import FAMILY as QWEN2_AUDIO
 
-FAMILIES: dict[str, AudioFamily] = {f.name: f for f in (QWEN2_AUDIO, AUDIOFLAMINGO3)}
+FAMILIES: dict[str, AudioFamily] = {f.name: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIOFLAMINGO3)}
 """Every family cordlite runs, in the order of docs/models.md."""
 
 # Model types cordlite knows and does not run, with the reason a user is told.
@@ -33,8 +34,6 @@ REFUSED: dict[str, str] = {
     "qwen3_omni_moe_thinker": "its experts are fused 3-D parameters, which bitsandbytes does not quantise and "
                               "LoRA target names cannot reach",
     "step_audio_2": "Step-Audio-2 is not in transformers (remote code only); cordlite runs transformers' own classes",
-    "qwen2_5_omni": "not supported yet: its thinker's audio encoder takes chunked, flattened features",
-    "qwen2_5_omni_thinker": "not supported yet: its audio encoder takes chunked, flattened features",
     "gemma4": "not supported yet: its conformer audio tower has no family module in cordlite",
     "gemma3n": "not supported yet: its conformer audio tower has no family module in cordlite",
     "voxtral": "not supported yet: its processor takes audio only through apply_chat_template",
@@ -145,13 +144,21 @@ def is_family_type(model_type: str | None) -> bool:
     return any(model_type in f.model_types for f in FAMILIES.values())
 
 
-def language_model_of(model):
-    """The decoder (without LM head) of an audio chat model of a known family; None for any other
-    model (a text-only judge LM), which then runs through its own forward."""
+def family_or_none(model) -> AudioFamily | None:
+    """The family of an audio chat model of a known family; None for any other model (a text-only judge LM)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "_cordlite_family", None) is None and not is_family_type(getattr(base.config, "model_type", None)):
         return None
-    return family_of(base).lm(base)
+    return family_of(base)
+
+
+def language_model_of(model):
+    """The decoder (without LM head) of an audio chat model of a known family; None for any other
+    model (a text-only judge LM), which then runs through its own forward."""
+    family = family_or_none(model)
+    if family is None:
+        return None
+    return family.lm(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 def mark_family(model, family: AudioFamily) -> None:
@@ -160,4 +167,4 @@ def mark_family(model, family: AudioFamily) -> None:
 
 
 __all__ = ["FAMILIES", "REFUSED", "AudioFamily", "FamilyError", "describe_family", "detect_family", "family_for_type", "family_named",
-           "family_of", "forward_inputs", "is_family_type", "language_model_of", "mark_family", "module_at", "supported", "checkpoint_model_type"]
+           "family_of", "family_or_none", "forward_inputs", "is_family_type", "language_model_of", "mark_family", "module_at", "supported", "checkpoint_model_type"]

@@ -61,6 +61,12 @@ class AudioFamily:
     """Tokens that must never be sampled: an audio placeholder in a completion breaks the next forward."""
     end_tokens: tuple[str, ...] = ()
     """Tokens that end an answer besides the generation config's eos ids."""
+    before_generate: Callable | None = None
+    """(base, rows) -> None, run before every generate() call of `rows` rows: for a class that keeps
+    position state between calls (Qwen2.5-Omni's rope_deltas), the state these prompts give."""
+    processor_class: str = ""
+    """The transformers processor class when it also holds image or video processors (which need
+    torchvision): without torchvision it is built from its audio and text parts (families.processors)."""
     notes: str = ""
     """Anything a user should know (docs/models.md repeats it)."""
     extra_skip: tuple[str, ...] = field(default=("lm_head",))
@@ -108,6 +114,13 @@ class AudioFamily:
         if not parts:
             raise ValueError("lora: nothing to adapt (empty target_modules, projector and audio_encoder off)")
         return "(" + "|".join(parts) + ")$"
+
+    def load_processor(self, name_or_path: str, revision: str | None = None):
+        """The checkpoint's processor: AutoProcessor's, or the audio-and-text processor of
+        families.processors where the processor class needs torchvision and it is missing."""
+        from cordlite.models.families.processors import load_processor
+
+        return load_processor(self, name_or_path, revision)
 
     def model_audio_inputs(self, audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """cordlite's audio inputs (input_features, feature_attention_mask) under the names the
