@@ -178,8 +178,7 @@ model = getattr(transformers, export["model_class"]).from_pretrained(out).eval()
 processor = family_named(export["family"]).load_processor(out)
 processor.tokenizer.padding_side = "left"
 inputs = audio_prompt_inputs(processor, [load_audio(p) for p in clips], export["prompt"]["instruction"])
-mask_key = "input_features_mask" if export["family"] == "audioflamingo3" else "feature_attention_mask"
-inputs[mask_key] = inputs.pop("feature_attention_mask")
+inputs[family_named(export["family"]).feature_mask_key] = inputs.pop("feature_attention_mask")
 gc = model.generation_config
 with torch.no_grad():
     seq = model.generate(**inputs, generation_config=GenerationConfig(do_sample=False, max_new_tokens=%d,

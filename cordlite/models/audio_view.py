@@ -39,8 +39,11 @@ def encode_audio(model, input_features: torch.Tensor,
 
 
 def project(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Encoder frames [.., D] -> the language model's input space [.., H] (the projector)."""
-    _, projector, _, _, _ = _parts(model)
+    """Encoder frames [B, T, D] -> the language model's input space [B, T, H] (the projector, after
+    whatever the family's forward does to the frames before it)."""
+    _, projector, _, _, family = _parts(model)
+    if family.pre_projector is not None:
+        hidden = family.pre_projector(base_of(model), hidden)
     return projector(hidden)
 
 

@@ -34,32 +34,48 @@ _FORMAT = 1
 # template of nvidia/audio-flamingo-3-hf's processor: the audio item becomes one `<sound>` ahead
 # of the turn's text.
 AF3_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>")
-AF3_CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in messages if m['content'] is not none %}"
-    "<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}"
-    "{{ m['content'] }}"
-    "{% else %}"
-    "{% set audio = namespace(found=False) %}"
-    "{% set text_buf = namespace(v='') %}"
-    "{% for c in m['content'] %}"
-    "{% if c.get('type') == 'audio' or 'audio' in c %}"
-    "{% set audio.found = True %}"
-    "{% elif c.get('type') == 'text' or 'text' in c %}"
-    "{% set text_buf.v = text_buf.v + c['text'] %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
-    "{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}"
-    "<|im_start|>assistant\n"
-    "{% endif %}"
+def flamingo_chat_template(system_prompt: str) -> str:
+    """The chat template of the Flamingo processors (transformers' conversion scripts for Audio
+    Flamingo 3 and Music Flamingo): the audio item becomes one `<sound>` ahead of the turn's text;
+    they differ in the default system prompt."""
+    return (
+        "{% if messages[0]['role'] != 'system' %}"
+        "<|im_start|>system\n" + system_prompt + "<|im_end|>\n"
+        "{% endif %}"
+        "{% for m in messages if m['content'] is not none %}"
+        "<|im_start|>{{ m['role'] }}\n"
+        "{% if m['content'] is string %}"
+        "{{ m['content'] }}"
+        "{% else %}"
+        "{% set audio = namespace(found=False) %}"
+        "{% set text_buf = namespace(v='') %}"
+        "{% for c in m['content'] %}"
+        "{% if c.get('type') == 'audio' or 'audio' in c %}"
+        "{% set audio.found = True %}"
+        "{% elif c.get('type') == 'text' or 'text' in c %}"
+        "{% set text_buf.v = text_buf.v + c['text'] %}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if audio.found %}{{ '<sound>' }}{% endif %}{{ text_buf.v }}"
+        "{% endif %}"
+        "<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}"
+        "<|im_start|>assistant\n"
+        "{% endif %}"
+    )
+
+
+AF3_CHAT_TEMPLATE = flamingo_chat_template("You are a helpful assistant.")
+# Music Flamingo's default system prompt, verbatim (its typos included).
+MUSICFLAMINGO_SYSTEM_PROMPT = (
+    "You are Music Flamingo, a multimodal assistant for language and music. On each turn you receive an audio "
+    "clip which contains music and optional text, you will receive at least one or both; use your world knowledge "
+    "and reasoning to help the user with any task. Interpret the entirety of the content any input music"
+    "--regardlenss of whether the user calls it audio, music, or sound."
 )
+MUSICFLAMINGO_CHAT_TEMPLATE = flamingo_chat_template(MUSICFLAMINGO_SYSTEM_PROMPT)
+MUSICFLAMINGO_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>", "<|sound_bos|>", "<|sound_eos|>")
 
 
 def _audioflamingo3(spec: TinySpec, lines: list[str]):
@@ -178,7 +194,41 @@ def _qwen2_5_omni(spec: TinySpec, lines: list[str]):
     return model, processor, ids
 
 
-_BUILDERS = {"qwen2_5_omni": _qwen2_5_omni, "audioflamingo3": _audioflamingo3}
+def _musicflamingo(spec: TinySpec, lines: list[str]):
+    """(model, processor, special token ids) of a tiny Music Flamingo: Audio Flamingo 3's tiny shape
+    with the rotary time embedding (rope theta 1200, a fifth of the encoder width rotated)."""
+    import torch
+    from transformers import (
+        AudioFlamingo3EncoderConfig,
+        GenerationConfig,
+        MusicFlamingoConfig,
+        MusicFlamingoForConditionalGeneration,
+        MusicFlamingoProcessor,
+    )
+
+    tokenizer = train_tokenizer(spec.vocab_size, lines, MUSICFLAMINGO_SPECIAL_TOKENS)
+    ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in MUSICFLAMINGO_SPECIAL_TOKENS}
+    endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
+    audio = AudioFlamingo3EncoderConfig(num_mel_bins=spec.num_mel_bins, encoder_layers=spec.audio_layers,
+                                        encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn_dim,
+                                        d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
+                                        scale_embedding=False)
+    config = MusicFlamingoConfig(audio_config=audio, text_config=qwen2_text_config(spec, len(tokenizer), endoftext, im_end),
+                                 audio_token_id=ids["<sound>"], audio_bos_token_id=ids["<|sound_bos|>"],
+                                 audio_eos_token_id=ids["<|sound_eos|>"],
+                                 rope_parameters={"rope_type": "default", "rope_theta": 1200})
+    config.dtype = "float32"
+    torch.manual_seed(spec.seed)
+    model = MusicFlamingoForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
+                                               pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
+    processor = MusicFlamingoProcessor(feature_extractor=whisper_features(spec.num_mel_bins, spec.chunk_length_s),
+                                       tokenizer=tokenizer, chat_template=MUSICFLAMINGO_CHAT_TEMPLATE,
+                                       max_audio_len=spec.chunk_length_s)
+    return model, processor, ids
+
+
+_BUILDERS = {"qwen2_5_omni": _qwen2_5_omni, "audioflamingo3": _audioflamingo3, "musicflamingo": _musicflamingo}
 TINY_FAMILIES = ("qwen2_audio",) + tuple(_BUILDERS)
 """Families with a tiny checkpoint (the parametrised end-to-end tests run each)."""
 

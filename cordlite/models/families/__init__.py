@@ -21,10 +21,11 @@ from pathlib import Path
 
 from cordlite.models.families.audioflamingo3 import FAMILY as AUDIOFLAMINGO3
 from cordlite.models.families.base import AudioFamily, FamilyError, module_at
+from cordlite.models.families.musicflamingo import FAMILY as MUSICFLAMINGO
 from cordlite.models.families.qwen2_5_omni import FAMILY as QWEN2_5_OMNI
 from cordlite.models.families.qwen2_audio import FAMILY as QWEN2_AUDIO
 
-FAMILIES: dict[str, AudioFamily] = {f.name: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIOFLAMINGO3)}
+FAMILIES: dict[str, AudioFamily] = {f.name: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIOFLAMINGO3, MUSICFLAMINGO)}
 """Every family cordlite runs, in the order of docs/models.md."""
 
 # Model types cordlite knows and does not run, with the reason a user is told.

@@ -61,6 +61,9 @@ class AudioFamily:
     """Tokens that must never be sampled: an audio placeholder in a completion breaks the next forward."""
     end_tokens: tuple[str, ...] = ()
     """Tokens that end an answer besides the generation config's eos ids."""
+    pre_projector: Callable | None = None
+    """(base, hidden [B, T, D]) -> hidden: what the model's own forward does to the encoder frames
+    between the encoder and the projector (Music Flamingo's rotary time embedding), run with the projector."""
     before_generate: Callable | None = None
     """(base, rows) -> None, run before every generate() call of `rows` rows: for a class that keeps
     position state between calls (Qwen2.5-Omni's rope_deltas), the state these prompts give."""
