@@ -323,7 +323,13 @@ def expand_audio_placeholder(processor, prompt: str, n_audio: int) -> str:
     token = processor.audio_token
     if prompt.count(token) != 1:
         raise ValueError(f"the chat template rendered {prompt.count(token)} audio placeholders ({token}); expected 1")
-    return prompt.replace(token, token * n_audio)
+    start, end = ("", "")
+    family = getattr(processor, "_cordlite_family", None)  # set by the family's load_processor
+    if family is not None:
+        from cordlite.models.families import family_named
+
+        start, end = family_named(family).audio_span
+    return prompt.replace(token, start + token * n_audio + end)
 
 
 def text_views(processor, examples: list[Example], instruction: str = "",

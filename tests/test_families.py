@@ -326,3 +326,23 @@ def test_omni_processor_without_torchvision_is_the_real_class_for_audio_and_text
     views2 = encode_views(again, examples, AudioCache(), INSTRUCTION)
     assert torch.equal(views2.audio["input_ids"], ids) and torch.equal(views2.text["input_ids"], views.text["input_ids"])
     assert torch.equal(views2.audio["input_features"], views.audio["input_features"])
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_views_from_frame_counts_are_the_family_processors(family, family_dirs, tiny_manifest, plain_base):
+    """With a frame store's counts, cordlite writes the audio placeholders itself (no audio read, no
+    mel features): the same ids and mask as the family's processor, span tokens included."""
+    from cordlite.models.audio_view import FrameCache
+
+    model = plain_base(family_dirs[family])
+    processor = FAMILIES[family].load_processor(str(family_dirs[family]))
+    processor.tokenizer.padding_side = "left"
+    examples = read_manifest(tiny_manifest)[:3]
+    full = encode_views(processor, examples, AudioCache(), INSTRUCTION)
+    store = FrameCache()
+    with torch.no_grad():
+        store.frames_of(model, [ex.id for ex in examples], full.audio)
+    light = encode_views(processor, examples, None, INSTRUCTION, frame_counts=store.counts())
+    assert set(light.audio) == {"input_ids", "attention_mask"}
+    for k in ("input_ids", "attention_mask"):
+        assert torch.equal(light.audio[k], full.audio[k]), (family, k)

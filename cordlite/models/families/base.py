@@ -61,6 +61,9 @@ class AudioFamily:
     """Tokens that must never be sampled: an audio placeholder in a completion breaks the next forward."""
     end_tokens: tuple[str, ...] = ()
     """Tokens that end an answer besides the generation config's eos ids."""
+    audio_span: tuple[str, str] = ("", "")
+    """Tokens the processor writes around a clip's placeholders (Music Flamingo's <|sound_bos|>,
+    <|sound_eos|>); empty where the chat template writes them (Qwen2-Audio, Qwen2.5-Omni)."""
     pre_projector: Callable | None = None
     """(base, hidden [B, T, D]) -> hidden: what the model's own forward does to the encoder frames
     between the encoder and the projector (Music Flamingo's rotary time embedding), run with the projector."""
@@ -120,10 +123,13 @@ class AudioFamily:
 
     def load_processor(self, name_or_path: str, revision: str | None = None):
         """The checkpoint's processor: AutoProcessor's, or the audio-and-text processor of
-        families.processors where the processor class needs torchvision and it is missing."""
+        families.processors where the processor class needs torchvision and it is missing; marked
+        with the family (cordlite.data expands placeholders as this family's processor does)."""
         from cordlite.models.families.processors import load_processor
 
-        return load_processor(self, name_or_path, revision)
+        processor = load_processor(self, name_or_path, revision)
+        processor._cordlite_family = self.name
+        return processor
 
     def model_audio_inputs(self, audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """cordlite's audio inputs (input_features, feature_attention_mask) under the names the

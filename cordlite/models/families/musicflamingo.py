@@ -36,6 +36,7 @@ FAMILY = AudioFamily(
     feature_mask_key="input_features_mask",
     never_sample=("<sound>", "<|sound_bos|>", "<|sound_eos|>"),
     end_tokens=("<|im_end|>", "<|endoftext|>"),
+    audio_span=("<|sound_bos|>", "<|sound_eos|>"),
     notes="One 30 s window per clip (the processor would split longer clips into several); the rotary "
           "time embedding runs with the projector on every call, so cached encoder frames stay valid.",
 )
