@@ -32,7 +32,7 @@ def is_tiny_path(path: str, default: str) -> bool:
 
 # The model families cordlite runs (cordlite.models.families.FAMILIES, in the same order; a test
 # keeps the two equal): what a recipe's model.family may name.
-MODEL_FAMILIES = ("qwen2_audio", "qwen2_5_omni", "audioflamingo3", "musicflamingo")
+MODEL_FAMILIES = ("qwen2_audio", "qwen2_5_omni", "gemma4", "audioflamingo3", "musicflamingo")
 
 
 # --------------------------------------------------------------------------- sections

@@ -186,7 +186,7 @@ def prompt_length_problems(processor, examples: list[Example], instruction: str,
     # Cheap first: the template's own tokens plus each question's (one batched tokenizer call, no
     # template per row). Only rows within a margin of the limit get their exact prompt: tokens can
     # merge differently where the question meets the template, by a token or two, not 16.
-    overhead = len(processor.tokenizer(prompt(""))["input_ids"])
+    overhead = len(processor.tokenizer(prompt(""), add_special_tokens=False)["input_ids"])
     lengths = [len(ids) for ids in processor.tokenizer([ex.question for ex in examples],
                                                        add_special_tokens=False)["input_ids"]]
     near = [ex for ex, n in zip(examples, lengths) if overhead + n + new_tokens > limit - 16]
@@ -194,7 +194,7 @@ def prompt_length_problems(processor, examples: list[Example], instruction: str,
     for start in range(0, len(near), 256):
         chunk = near[start : start + 256]
         prompts = [prompt(ex.question) for ex in chunk]
-        for ex, ids in zip(chunk, processor.tokenizer(prompts)["input_ids"]):
+        for ex, ids in zip(chunk, processor.tokenizer(prompts, add_special_tokens=False)["input_ids"]):
             if len(ids) + new_tokens > limit:
                 out.append(f"row {ex.id!r}: its text-view prompt is {len(ids)} tokens; with rollout.max_new_tokens="
                            f"{new_tokens} that is over the model's {limit} positions; shorten the question "
@@ -298,8 +298,10 @@ def encode_views(
         return ViewBatch(examples, {k: enc[k] for k in ("input_ids", "attention_mask")}, text)
     clips = [audio_cache(ex) for ex in examples]
     # Text padded to the longest prompt; the audio keeps its processor's own padding (a full window).
+    # add_special_tokens=False everywhere a rendered chat template is tokenized: the template writes the
+    # model's BOS itself where it has one (Gemma's), as transformers' apply_chat_template(tokenize=True).
     audio = processor(text=audio_prompts, audio=clips, sampling_rate=16000, return_tensors="pt",
-                      text_kwargs={"padding": True})
+                      text_kwargs={"padding": True, "add_special_tokens": False})
     return ViewBatch(examples, audio_inputs(audio, len(examples)), text)
 
 
@@ -323,12 +325,8 @@ def expand_audio_placeholder(processor, prompt: str, n_audio: int) -> str:
     token = processor.audio_token
     if prompt.count(token) != 1:
         raise ValueError(f"the chat template rendered {prompt.count(token)} audio placeholders ({token}); expected 1")
-    start, end = ("", "")
-    family = getattr(processor, "_cordlite_family", None)  # set by the family's load_processor
-    if family is not None:
-        from cordlite.models.families import family_named
-
-        start, end = family_named(family).audio_span
+    # the tokens the family's processor writes around them (AudioFamily.audio_span, set by its load_processor)
+    start, end = getattr(processor, "_cordlite_audio_span", ("", ""))
     return prompt.replace(token, start + token * n_audio + end)
 
 
@@ -339,5 +337,5 @@ def text_views(processor, examples: list[Example], instruction: str = "",
 
     prompts = [processor.apply_chat_template(text_view_messages(ex.question, instruction, system_prompt),
                                              add_generation_prompt=True, tokenize=False) for ex in examples]
-    text = processor.tokenizer(prompts, return_tensors="pt", padding=True)
+    text = processor.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     return {k: text[k] for k in ("input_ids", "attention_mask")}

@@ -54,7 +54,8 @@ def audio_prompt_inputs(processor, clips: list[np.ndarray], instruction: str = "
     texts = [processor.apply_chat_template(audio_view_messages("clip", instruction, system_prompt),
                                            add_generation_prompt=True, tokenize=False) for _ in clips]
     enc = processor(text=texts, audio=list(clips), sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                    text_kwargs={"padding": True})  # the audio keeps its processor's own padding (a full window)
+                    text_kwargs={"padding": True, "add_special_tokens": False})  # the template writes any BOS;
+    # the audio keeps its processor's own padding (a full window)
     from cordlite.data import audio_inputs
 
     return audio_inputs(enc, len(clips))

@@ -124,11 +124,10 @@ def check_items(n: int, recipe: dict | None, manifest: str | Path | None = None)
 @torch.no_grad()
 def answer_logits(model, inputs: dict[str, torch.Tensor], ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[n, L, V] float32 CPU logits that predict each token of `ids` after the prompt (teacher forcing)."""
-    from cordlite.models.lora import base_of
-    from cordlite.objective.logprobs import completion_hidden
+    from cordlite.objective.logprobs import completion_hidden, model_logits
 
     hidden = completion_hidden(model, inputs, ids, mask)  # [n, L, H]
-    return base_of(model).lm_head(hidden).float().cpu()
+    return model_logits(model, hidden).float().cpu()
 
 
 @torch.no_grad()

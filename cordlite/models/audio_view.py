@@ -131,8 +131,9 @@ class FrameCache:
             for i, h, n in zip(missing, hidden, lengths.tolist()):
                 self.frames[ids[i]] = h[:n].detach().to(self.dtype or h.dtype).clone()
         tower, _, _, _, _ = _parts(model)  # as encode_audio returns them: the encoder's dtype and device
-        hidden, lengths = stack_frames([self.frames[k] for k in ids], tower.conv1.weight.dtype)
-        return hidden.to(tower.conv1.weight.device), lengths.to(tower.conv1.weight.device)
+        weight = next(tower.parameters())
+        hidden, lengths = stack_frames([self.frames[k] for k in ids], weight.dtype)
+        return hidden.to(weight.device), lengths.to(weight.device)
 
     def counts(self) -> dict[str, int]:
         """Frames per clip id (cordlite.data.encode_views builds prompts from them without audio)."""

@@ -53,7 +53,7 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
         family = detect_family(path, model_cfg.family, model_cfg.revision)
     except FamilyError as e:
         raise ModelLoadError(str(e)) from None
-    kwargs: dict = {"dtype": rt.dtype, "attn_implementation": model_cfg.attn_implementation}
+    kwargs: dict = {"dtype": rt.dtype, "attn_implementation": family.attn_implementation(model_cfg.attn_implementation)}
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
     bnb = bnb_config(quant, rt.compute_dtype, family.skip_modules())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cordlite.models.families import family_or_none, forward_inputs, language_model_of
+from cordlite.models.families import decoder_kwargs, family_or_none, forward_inputs, language_model_of
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _prompt_cache(base, lm, prompt: dict[str, torch.Tensor], num_per_prompt: int
     embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.get_input_embeddings()(prompt["input_ids"])
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate() counts them
     out = lm(inputs_embeds=embeds[:, :-1], attention_mask=mask[:, :-1],
-             position_ids=position_ids[:, :-1], use_cache=True)
+             position_ids=position_ids[:, :-1], use_cache=True, **decoder_kwargs(base, prompt["input_ids"][:, :-1]))
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     cache.batch_repeat_interleave(num_per_prompt)
     return cache
@@ -142,7 +142,13 @@ def sample(
     if (share_prefill and lm is not None and ("inputs_embeds" in prompt or "input_features" not in prompt)
             and prompt["input_ids"].shape[1] > 1 and saved.cache_implementation is None):
         cache = {cache_kwarg(type(lm)): _prompt_cache(base, lm, prompt, num_per_prompt)}
+    elif "inputs_embeds" in prompt and family is not None and family.decoder_inputs is not None:
+        raise ValueError(f"{family.name}: prompts given as merged embeddings need cordlite's prefill (its language "
+                         "model also reads the token ids); keep share_prefill on and the checkpoint's "
+                         "cache_implementation unset")
     try:
+        if cache:  # generate() reads only the last prompt token: its id, as in every decoding step
+            inputs = {k: v for k, v in inputs.items() if k != "inputs_embeds"}
         out = model.generate(**forward_inputs(base, inputs), generation_config=gen,
                              logits_processor=processors if not greedy else None, **cache)
     finally:

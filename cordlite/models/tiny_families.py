@@ -228,7 +228,91 @@ def _musicflamingo(spec: TinySpec, lines: list[str]):
     return model, processor, ids
 
 
-_BUILDERS = {"qwen2_5_omni": _qwen2_5_omni, "audioflamingo3": _audioflamingo3, "musicflamingo": _musicflamingo}
+# Gemma 4's vocabulary starts with these (pad 0, eos 1, bos 2, unk 3, mask 4), then its turn and media
+# markers; the names are those of its tokenizer_config.json, which Gemma4Processor reads.
+GEMMA4_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|turn>", "<turn|>", "<|audio>", "<|audio|>",
+                         "<audio|>", "<|image>", "<|image|>", "<image|>", "<|video|>")
+GEMMA4_NAMED_TOKENS = {"audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>",
+                       "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>"}
+# The turn format of Gemma 4's chat template for system, user and model turns of text and audio:
+# BOS, `<|turn>ROLE\n` ... `<turn|>\n` (the assistant's role is `model`), an audio item as `<|audio|>`,
+# the generation prompt `<|turn>model\n`. The real template's tool, thinking and image branches are left out.
+GEMMA4_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<|turn>' + role + '\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] | trim -}}"
+    "{%- else -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}{{- item['text'] | trim -}}"
+    "{%- elif item['type'] == 'audio' -%}{{- '<|audio|>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<turn|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|turn>model\n' -}}{%- endif -%}"
+)
+
+
+def _gemma4(spec: TinySpec, lines: list[str]):
+    """(model, processor, special token ids) of a tiny Gemma 4 with audio, as E2B is built: per-layer
+    embeddings, the last half of the layers sharing keys and values, sliding and full attention,
+    soft-capped logits, tied embeddings, a 2-layer conformer audio tower."""
+    import torch
+    from transformers import (
+        Gemma4AudioConfig,
+        Gemma4AudioFeatureExtractor,
+        Gemma4Config,
+        Gemma4ForConditionalGeneration,
+        Gemma4Processor,
+        Gemma4TextConfig,
+        Gemma4VisionConfig,
+        GenerationConfig,
+    )
+
+    from cordlite.models.families.processors import audio_text_class
+    from cordlite.models.tiny_processor import train_gemma_tokenizer
+
+    tokenizer = train_gemma_tokenizer(spec.vocab_size, lines, GEMMA4_SPECIAL_TOKENS, GEMMA4_NAMED_TOKENS)
+    ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in GEMMA4_SPECIAL_TOKENS}
+    head_dim = spec.hidden_size // spec.num_attention_heads
+    text = Gemma4TextConfig(
+        vocab_size=len(tokenizer), vocab_size_per_layer_input=len(tokenizer), hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size, num_hidden_layers=4, num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads, head_dim=head_dim, global_head_dim=2 * head_dim,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        sliding_window=32, num_kv_shared_layers=2, hidden_size_per_layer_input=8, final_logit_softcapping=30.0,
+        max_position_embeddings=8192, pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"],
+        tie_word_embeddings=True)
+    # The subsampler's projection reads (channels[0] / 4) x channels[1] features: channels[0] = mel bins, as in E2B.
+    audio = Gemma4AudioConfig(hidden_size=spec.audio_d_model, num_hidden_layers=spec.audio_layers,
+                              num_attention_heads=spec.audio_heads, subsampling_conv_channels=(spec.num_mel_bins, 8),
+                              output_proj_dims=spec.audio_d_model)
+    # The vision tower is part of the class; an audio question never runs it. Smallest legal shape.
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16)
+    config = Gemma4Config(text_config=text, audio_config=audio, vision_config=vision, audio_token_id=ids["<|audio|>"],
+                          boa_token_id=ids["<|audio>"], eoa_token_index=ids["<audio|>"], image_token_id=ids["<|image|>"],
+                          boi_token_id=ids["<|image>"], eoi_token_id=ids["<image|>"], video_token_id=ids["<|video|>"])
+    config.dtype = "float32"
+    torch.manual_seed(spec.seed)
+    model = Gemma4ForConditionalGeneration(config).to(torch.float32).eval()
+    model.generation_config = GenerationConfig(bos_token_id=ids["<bos>"], eos_token_id=[ids["<turn|>"], ids["<eos>"]],
+                                               pad_token_id=ids["<pad>"], do_sample=False, max_new_tokens=64)
+    processor = audio_text_class(Gemma4Processor)(
+        feature_extractor=Gemma4AudioFeatureExtractor(feature_size=spec.num_mel_bins), image_processor=None,
+        tokenizer=tokenizer, video_processor=None, chat_template=GEMMA4_CHAT_TEMPLATE,
+        audio_seq_length=spec.chunk_length_s * 25)
+    processor.source_files = {"processor_config.json": json.dumps({"audio_seq_length": spec.chunk_length_s * 25,
+                                                                   "audio_ms_per_token": 40, "image_seq_length": 280})}
+    return model, processor, ids
+
+
+_BUILDERS = {"qwen2_5_omni": _qwen2_5_omni, "gemma4": _gemma4, "audioflamingo3": _audioflamingo3,
+             "musicflamingo": _musicflamingo}
 TINY_FAMILIES = ("qwen2_audio",) + tuple(_BUILDERS)
 """Families with a tiny checkpoint (the parametrised end-to-end tests run each)."""
 

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 
 __all__ = ["QWEN2_AUDIO_CHAT_TEMPLATE", "SPECIAL_TOKENS", "build_processor", "corpus_digest", "default_corpus",
-           "special_ids", "train_tokenizer", "whisper_features"]
+           "special_ids", "train_gemma_tokenizer", "train_tokenizer", "whisper_features"]
 
 # Qwen2-Audio's special tokens, in the order the real vocabulary appends them
 # after its BPE entries (151643..151648 there; directly after the BPE entries here).
@@ -269,3 +269,37 @@ def build_processor(tokenizer, *, num_mel_bins: int, chunk_length_s: int, max_so
 
 def special_ids(tokenizer) -> dict[str, int]:
     return {tok: int(tokenizer.convert_tokens_to_ids(tok)) for tok in SPECIAL_TOKENS}
+
+
+def train_gemma_tokenizer(vocab_size: int, corpus: Sequence[str], special_tokens: Sequence[str],
+                          named_tokens: dict[str, str] | None = None):
+    """A BPE in the form of Gemma's tokenizers (transformers' GemmaTokenizer: spaces as "▁", byte
+    fallback to <0x00>..<0xFF>): `special_tokens` first (pad, eos, bos, unk, mask, then the chat
+    and media markers), the 256 byte tokens, then the merges trained on `corpus`."""
+    import tempfile
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    # The pipeline GemmaTokenizer rebuilds in __init__ (it keeps only the vocabulary and the merges).
+    backend = Tokenizer(models.BPE(unk_token=special_tokens[3], byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(special_tokens) - len(byte_tokens), min_frequency=0,
+                                  show_progress=False, special_tokens=[])
+    backend.train_from_iterator(corpus, trainer=trainer)
+    model_json = json.loads(backend.to_str())["model"]
+    vocab = {tok: i for i, tok in enumerate(list(special_tokens) + byte_tokens)}
+    for tok, _ in sorted(model_json["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(tok, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model_json["merges"]]
+    pad, eos, bos, unk, mask = special_tokens[:5]
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, pad_token=pad, eos_token=eos, bos_token=bos,
+                               unk_token=unk, mask_token=mask, extra_special_tokens=list(special_tokens[5:]))
+    with tempfile.TemporaryDirectory() as tmp:  # named once the ids are fixed (as train_tokenizer does)
+        tokenizer.save_pretrained(tmp)
+        tokenizer = GemmaTokenizer.from_pretrained(tmp, **(named_tokens or {}))
+    if [tokenizer.convert_tokens_to_ids(t) for t in special_tokens] != list(range(len(special_tokens))):
+        raise RuntimeError("special token ids moved")
+    return tokenizer

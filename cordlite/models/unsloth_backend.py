@@ -11,10 +11,10 @@ that lists every reason and the fix; there is never a silent fallback to the tra
 Qwen2-Audio is not among the audio models unsloth documents (unsloth.ai/docs, the text-to-speech
 fine-tuning guide and the Gemma 3n guide list Whisper for speech-to-text, Gemma 3n for audio
 input, and the text-to-speech models Orpheus-TTS, Sesame-CSM, Spark-TTS, Llasa-TTS and
-Oute-TTS), and cordlite's families (cordlite.models.families: Qwen2-Audio, Audio Flamingo 3) are
-not among them, so SUPPORTED_MODEL_TYPES is empty: today `backend: unsloth` always ends in that
-message. Add a
-model_type there only after the step has been run and checked through unsloth on a GPU.
+Oute-TTS); cordlite's families (cordlite.models.families) are not among them, except perhaps Gemma
+4 by now, which cordlite has not yet run through unsloth on a GPU. So SUPPORTED_MODEL_TYPES is empty:
+today `backend: unsloth` always ends in that message. Add a model_type there only after the step
+has been run and checked through unsloth on a GPU.
 
 unsloth is imported only inside load_unsloth, after every check passed: importing it edits other
 libraries at import time, which must never happen in a run that does not use it (or in tests).

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from cordlite.models.families import family_of, forward_inputs
+from cordlite.models.families import decoder_kwargs, family_of, forward_inputs, logit_softcap
 from cordlite.models.lora import base_of
 from cordlite.models.sampling import cache_kwarg
 from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
@@ -36,6 +36,7 @@ def completion_hidden(
         completion = base.model.get_input_embeddings()(completion_ids)
         kwargs["inputs_embeds"] = torch.cat([prompt["inputs_embeds"], completion.to(prompt["inputs_embeds"].dtype)],
                                             dim=1)  # [n, P+L, H]
+        kwargs.update(decoder_kwargs(base, torch.cat([prompt["input_ids"], completion_ids], dim=1)))
     else:
         kwargs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], dim=1)  # [n, P+L]
     if "input_features" in prompt and "inputs_embeds" not in prompt:
@@ -64,7 +65,8 @@ def shared_prompt_hidden(
     embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.model.get_input_embeddings()(
         prompt["input_ids"])  # [B, P, H]
     p_pos = (p_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, P], as generate() counts them
-    out = lm(inputs_embeds=embeds, attention_mask=p_mask, position_ids=p_pos, use_cache=True)
+    out = lm(inputs_embeds=embeds, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
+             **decoder_kwargs(base, prompt["input_ids"]))
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     cache.batch_select_indices(source)  # [n, heads, P, d] per layer: differentiable gathers
     mask = torch.cat([p_mask.index_select(0, source), completion_mask.to(p_mask.dtype)], dim=1)  # [n, P+L]
@@ -72,13 +74,28 @@ def shared_prompt_hidden(
     completion = base.model.get_input_embeddings()(completion_ids).to(embeds.dtype)  # [n, L, H]
     kwargs = {cache_kwarg(type(lm)): cache}
     hidden = lm(inputs_embeds=completion, attention_mask=mask, position_ids=pos, use_cache=True,
-                **kwargs).last_hidden_state  # [n, L, H]
+                **kwargs, **decoder_kwargs(base, completion_ids)).last_hidden_state  # [n, L, H]
     first = out.last_hidden_state[:, -1].index_select(0, source)  # [n, H]: predicts completion token 0
     return torch.cat([first.unsqueeze(1), hidden[:, :-1]], dim=1)
 
 
 def _lm_head(model) -> torch.nn.Linear:
     return base_of(model).lm_head
+
+
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                softcap: float | None = None) -> torch.Tensor:
+    """The LM head's logits, soft-capped as the model's forward caps them (Gemma: tanh(z / c) * c)."""
+    logits = F.linear(hidden, weight, bias)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def model_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """[.., H] -> [.., V]: the model's own logits for hidden states of its language model."""
+    head = _lm_head(model)
+    return head_logits(hidden, head.weight, head.bias, logit_softcap(model))
 
 
 def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -91,14 +108,14 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def full_logprobs(model, hidden: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """[n, L, H] -> [n, L, V] log-softmax (at least float32), computed chunk by chunk (no grad: teachers)."""
-    head = _lm_head(model)
-    parts = [_log_softmax(F.linear(hidden[:, s : s + chunk_size], head.weight, head.bias))
+    head, cap = _lm_head(model), logit_softcap(model)
+    parts = [_log_softmax(head_logits(hidden[:, s : s + chunk_size], head.weight, head.bias, cap))
              for s in range(0, hidden.shape[1], chunk_size)]
     return torch.cat(parts, dim=1)
 
 
-def _chunk_terms(h, weight, bias, tokens, teacher_lp, divergence):
-    logp = _log_softmax(F.linear(h, weight, bias))  # [n, c, V]
+def _chunk_terms(h, weight, bias, tokens, teacher_lp, divergence, softcap=None):
+    logp = _log_softmax(head_logits(h, weight, bias, softcap))  # [n, c, V]
     token_lp = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # [n, c]
     if teacher_lp is None:
         div = torch.zeros_like(token_lp)
@@ -117,11 +134,11 @@ def student_token_terms(
     chunk_size: int = 64,
     divergence: Literal["reverse", "forward"] = "reverse",
 ) -> tuple[torch.Tensor, torch.Tensor]:  # token_lp [n, L], per-token divergence [n, L] (0 without teacher)
-    head = _lm_head(model)
+    head, cap = _lm_head(model), logit_softcap(model)
     token_parts, div_parts = [], []
     for s in range(0, hidden.shape[1], chunk_size):
         args = (hidden[:, s : s + chunk_size], head.weight, head.bias, tokens[:, s : s + chunk_size],
-                None if teacher_lp is None else teacher_lp[:, s : s + chunk_size], divergence)
+                None if teacher_lp is None else teacher_lp[:, s : s + chunk_size], divergence, cap)
         if torch.is_grad_enabled() and hidden.requires_grad:
             tok, div = checkpoint(_chunk_terms, *args, use_reentrant=False)
         else:

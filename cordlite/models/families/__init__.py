@@ -21,11 +21,12 @@ from pathlib import Path
 
 from cordlite.models.families.audioflamingo3 import FAMILY as AUDIOFLAMINGO3
 from cordlite.models.families.base import AudioFamily, FamilyError, module_at
+from cordlite.models.families.gemma4 import FAMILY as GEMMA4
 from cordlite.models.families.musicflamingo import FAMILY as MUSICFLAMINGO
 from cordlite.models.families.qwen2_5_omni import FAMILY as QWEN2_5_OMNI
 from cordlite.models.families.qwen2_audio import FAMILY as QWEN2_AUDIO
 
-FAMILIES: dict[str, AudioFamily] = {f.name: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, AUDIOFLAMINGO3, MUSICFLAMINGO)}
+FAMILIES: dict[str, AudioFamily] = {f.name: f for f in (QWEN2_AUDIO, QWEN2_5_OMNI, GEMMA4, AUDIOFLAMINGO3, MUSICFLAMINGO)}
 """Every family cordlite runs, in the order of docs/models.md."""
 
 # Model types cordlite knows and does not run, with the reason a user is told.
@@ -35,11 +36,14 @@ REFUSED: dict[str, str] = {
     "qwen3_omni_moe_thinker": "its experts are fused 3-D parameters, which bitsandbytes does not quantise and "
                               "LoRA target names cannot reach",
     "step_audio_2": "Step-Audio-2 is not in transformers (remote code only); cordlite runs transformers' own classes",
-    "gemma4": "not supported yet: its conformer audio tower has no family module in cordlite",
-    "gemma3n": "not supported yet: its conformer audio tower has no family module in cordlite",
+    "gemma3n": "not supported yet: its vision tower needs timm (and timm torchvision), and its conformer has no "
+               "family module in cordlite",
     "voxtral": "not supported yet: its processor takes audio only through apply_chat_template",
     "granite_speech": "not supported yet: its own speech LoRA must stay on for the audio view only",
     "phi4_multimodal": "not supported yet: its own speech LoRA must stay on for the audio view only",
+    "qwen3_asr": "a speech recogniser (it answers with transcripts): its text view has no answer to teach",
+    "glmasr": "a speech recogniser (it answers with transcripts): its text view has no answer to teach",
+    "fun_asr_nano": "a speech recogniser (it answers with transcripts): its text view has no answer to teach",
 }
 
 
@@ -153,6 +157,22 @@ def family_or_none(model) -> AudioFamily | None:
     return family_of(base)
 
 
+def decoder_kwargs(model, input_ids) -> dict:
+    """Extra inputs of the language model for the positions of `input_ids` when it runs on embeddings
+    (a family's decoder_inputs: Gemma 4's per-layer inputs); {} for every other model."""
+    family = family_or_none(model)
+    if family is None or family.decoder_inputs is None:
+        return {}
+    return family.decoder_inputs(model.get_base_model() if hasattr(model, "get_base_model") else model, input_ids)
+
+
+def logit_softcap(model) -> float | None:
+    """The language model's final logit soft-cap (logits -> tanh(logits / c) * c), None when it has none."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    return getattr(config, "final_logit_softcapping", None)
+
+
 def language_model_of(model):
     """The decoder (without LM head) of an audio chat model of a known family; None for any other
     model (a text-only judge LM), which then runs through its own forward."""
@@ -168,4 +188,4 @@ def mark_family(model, family: AudioFamily) -> None:
 
 
 __all__ = ["FAMILIES", "REFUSED", "AudioFamily", "FamilyError", "describe_family", "detect_family", "family_for_type", "family_named",
-           "family_of", "family_or_none", "forward_inputs", "is_family_type", "language_model_of", "mark_family", "module_at", "supported", "checkpoint_model_type"]
+           "decoder_kwargs", "family_of", "family_or_none", "forward_inputs", "logit_softcap", "is_family_type", "language_model_of", "mark_family", "module_at", "supported", "checkpoint_model_type"]

@@ -67,9 +67,14 @@ class AudioFamily:
     pre_projector: Callable | None = None
     """(base, hidden [B, T, D]) -> hidden: what the model's own forward does to the encoder frames
     between the encoder and the projector (Music Flamingo's rotary time embedding), run with the projector."""
+    decoder_inputs: Callable | None = None
+    """(base, input_ids [B, L]) -> extra keyword inputs of the language model for the positions of
+    input_ids, when it reads the token ids besides their embeddings (Gemma 4's per-layer inputs)."""
     before_generate: Callable | None = None
     """(base, rows) -> None, run before every generate() call of `rows` rows: for a class that keeps
     position state between calls (Qwen2.5-Omni's rope_deltas), the state these prompts give."""
+    eager_parts: tuple[str, ...] = ()
+    """Sub-configs whose modules run only transformers' eager attention (Gemma 4's audio tower)."""
     processor_class: str = ""
     """The transformers processor class when it also holds image or video processors (which need
     torchvision): without torchvision it is built from its audio and text parts (families.processors)."""
@@ -121,14 +126,20 @@ class AudioFamily:
             raise ValueError("lora: nothing to adapt (empty target_modules, projector and audio_encoder off)")
         return "(" + "|".join(parts) + ")$"
 
+    def attn_implementation(self, requested: str):
+        """The from_pretrained attn_implementation for `requested`: per sub-model where some only run eager."""
+        if not self.eager_parts or requested == "eager":
+            return requested
+        return {"": requested, **{part: "eager" for part in self.eager_parts}}
+
     def load_processor(self, name_or_path: str, revision: str | None = None):
         """The checkpoint's processor: AutoProcessor's, or the audio-and-text processor of
-        families.processors where the processor class needs torchvision and it is missing; marked
-        with the family (cordlite.data expands placeholders as this family's processor does)."""
+        families.processors where the processor class needs torchvision and it is missing; it carries
+        the family's audio_span (cordlite.data expands placeholders as this family's processor does)."""
         from cordlite.models.families.processors import load_processor
 
         processor = load_processor(self, name_or_path, revision)
-        processor._cordlite_family = self.name
+        processor._cordlite_audio_span = self.audio_span
         return processor
 
     def model_audio_inputs(self, audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

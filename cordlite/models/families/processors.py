@@ -93,7 +93,7 @@ def audio_text_class(cls: type) -> type:
             out.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save_pretrained(out)
             config = json.loads(self.source_files.get("preprocessor_config.json") or "{}")
-            config.update(self.feature_extractor.to_dict())
+            config.update(json.loads(self.feature_extractor.to_json_string()))  # arrays as lists
             config["processor_class"] = cls.__name__
             (out / "preprocessor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
                                                           encoding="utf-8")
