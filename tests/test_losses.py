@@ -133,6 +133,28 @@ def test_chunked_terms_equal_unchunked_values_and_gradients():
         assert torch.allclose(g, grads[0]) and torch.allclose(tok, values[0][0]) and torch.allclose(kl, values[0][1])
 
 
+def test_soft_capped_logits_are_the_models_in_every_log_prob():
+    """A model whose config soft-caps its logits (Gemma: tanh(z / c) * c) gets capped log-probs from
+    student_token_terms and full_logprobs: z = 3 with c = 2 is 2 * tanh(1.5) = 1.8103."""
+    from types import SimpleNamespace
+
+    from cordlite.objective.logprobs import full_logprobs, head_logits
+
+    assert torch.allclose(head_logits(torch.tensor([[1.0]]), torch.tensor([[3.0]]), None, 2.0),
+                          torch.tensor([[1.8103]]), atol=1e-4)
+    torch.manual_seed(0)
+    model = _Head(8, 13).double()
+    model.config = SimpleNamespace(final_logit_softcapping=2.0)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64) * 3
+    tokens = torch.randint(0, 13, (2, 5))
+    capped = (torch.tanh(hidden @ model.lm_head.weight.T / 2.0) * 2.0).log_softmax(-1)
+    tok, _ = student_token_terms(model, hidden, tokens, chunk_size=2)
+    assert torch.allclose(tok, capped.gather(-1, tokens[..., None]).squeeze(-1))
+    assert torch.allclose(full_logprobs(model, hidden, chunk_size=3), capped)
+    uncapped = (hidden @ model.lm_head.weight.T).log_softmax(-1)
+    assert not torch.allclose(capped, uncapped, atol=1e-3)
+
+
 def test_completion_mask_includes_first_end_token_only():
     ids = torch.tensor([[5, 7, 2, 9, 2], [5, 5, 5, 5, 5], [2, 4, 4, 4, 4]])
     mask, finished = completion_mask(ids, [2, 3])

@@ -169,7 +169,9 @@ def decoder_kwargs(model, input_ids) -> dict:
 def logit_softcap(model) -> float | None:
     """The language model's final logit soft-cap (logits -> tanh(logits / c) * c), None when it has none."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    config = getattr(base, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
     return getattr(config, "final_logit_softcapping", None)
 
 
