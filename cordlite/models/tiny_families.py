@@ -78,31 +78,43 @@ MUSICFLAMINGO_CHAT_TEMPLATE = flamingo_chat_template(MUSICFLAMINGO_SYSTEM_PROMPT
 MUSICFLAMINGO_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<sound>", "<|sound_bos|>", "<|sound_eos|>")
 
 
+def _flamingo_encoder_config(spec: TinySpec):
+    """Audio Flamingo 3's encoder (Whisper's, with average pooling) at the tiny shape."""
+    from transformers import AudioFlamingo3EncoderConfig
+
+    return AudioFlamingo3EncoderConfig(num_mel_bins=spec.num_mel_bins, encoder_layers=spec.audio_layers,
+                                       encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn_dim,
+                                       d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
+                                       scale_embedding=False)
+
+
+def _qwen_generation_config(endoftext: int, im_end: int):
+    """Where a Qwen-based chat checkpoint stops: end of turn or end of text, greedy by default."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext,
+                            do_sample=False, max_new_tokens=64)
+
+
 def _audioflamingo3(spec: TinySpec, lines: list[str]):
     """(model, processor, special token ids) of a tiny Audio Flamingo 3."""
     import torch
     from transformers import (
         AudioFlamingo3Config,
-        AudioFlamingo3EncoderConfig,
         AudioFlamingo3ForConditionalGeneration,
         AudioFlamingo3Processor,
-        GenerationConfig,
     )
 
     tokenizer = train_tokenizer(spec.vocab_size, lines, AF3_SPECIAL_TOKENS)
     ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in AF3_SPECIAL_TOKENS}
     endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
-    audio = AudioFlamingo3EncoderConfig(num_mel_bins=spec.num_mel_bins, encoder_layers=spec.audio_layers,
-                                        encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn_dim,
-                                        d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
-                                        scale_embedding=False)
+    audio = _flamingo_encoder_config(spec)
     config = AudioFlamingo3Config(audio_config=audio, text_config=qwen2_text_config(spec, len(tokenizer), endoftext, im_end),
                                   audio_token_id=ids["<sound>"])
     config.dtype = "float32"
     torch.manual_seed(spec.seed)
     model = AudioFlamingo3ForConditionalGeneration(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
-                                               pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
+    model.generation_config = _qwen_generation_config(endoftext, im_end)
     processor = AudioFlamingo3Processor(feature_extractor=whisper_features(spec.num_mel_bins, spec.chunk_length_s), tokenizer=tokenizer,
                                         chat_template=AF3_CHAT_TEMPLATE, max_audio_len=spec.chunk_length_s)
     return model, processor, ids
@@ -141,7 +153,6 @@ def _qwen2_5_omni(spec: TinySpec, lines: list[str]):
     processor settings, as the real checkpoint's does."""
     import torch
     from transformers import (
-        GenerationConfig,
         Qwen2_5OmniAudioEncoderConfig,
         Qwen2_5OmniProcessor,
         Qwen2_5OmniTextConfig,
@@ -182,8 +193,7 @@ def _qwen2_5_omni(spec: TinySpec, lines: list[str]):
     config.dtype = "float32"
     torch.manual_seed(spec.seed)
     model = Qwen2_5OmniThinkerForConditionalGeneration(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
-                                               pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
+    model.generation_config = _qwen_generation_config(endoftext, im_end)
     cls = audio_text_class(Qwen2_5OmniProcessor)
     processor = cls(image_processor=None, video_processor=None,
                     feature_extractor=whisper_features(spec.num_mel_bins, spec.chunk_length_s),
@@ -199,8 +209,6 @@ def _musicflamingo(spec: TinySpec, lines: list[str]):
     with the rotary time embedding (rope theta 1200, a fifth of the encoder width rotated)."""
     import torch
     from transformers import (
-        AudioFlamingo3EncoderConfig,
-        GenerationConfig,
         MusicFlamingoConfig,
         MusicFlamingoForConditionalGeneration,
         MusicFlamingoProcessor,
@@ -209,10 +217,7 @@ def _musicflamingo(spec: TinySpec, lines: list[str]):
     tokenizer = train_tokenizer(spec.vocab_size, lines, MUSICFLAMINGO_SPECIAL_TOKENS)
     ids = {t: int(tokenizer.convert_tokens_to_ids(t)) for t in MUSICFLAMINGO_SPECIAL_TOKENS}
     endoftext, im_end = ids["<|endoftext|>"], ids["<|im_end|>"]
-    audio = AudioFlamingo3EncoderConfig(num_mel_bins=spec.num_mel_bins, encoder_layers=spec.audio_layers,
-                                        encoder_attention_heads=spec.audio_heads, encoder_ffn_dim=spec.audio_ffn_dim,
-                                        d_model=spec.audio_d_model, max_source_positions=spec.max_source_positions,
-                                        scale_embedding=False)
+    audio = _flamingo_encoder_config(spec)
     config = MusicFlamingoConfig(audio_config=audio, text_config=qwen2_text_config(spec, len(tokenizer), endoftext, im_end),
                                  audio_token_id=ids["<sound>"], audio_bos_token_id=ids["<|sound_bos|>"],
                                  audio_eos_token_id=ids["<|sound_eos|>"],
@@ -220,8 +225,7 @@ def _musicflamingo(spec: TinySpec, lines: list[str]):
     config.dtype = "float32"
     torch.manual_seed(spec.seed)
     model = MusicFlamingoForConditionalGeneration(config).to(torch.float32).eval()
-    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
-                                               pad_token_id=endoftext, do_sample=False, max_new_tokens=64)
+    model.generation_config = _qwen_generation_config(endoftext, im_end)
     processor = MusicFlamingoProcessor(feature_extractor=whisper_features(spec.num_mel_bins, spec.chunk_length_s),
                                        tokenizer=tokenizer, chat_template=MUSICFLAMINGO_CHAT_TEMPLATE,
                                        max_audio_len=spec.chunk_length_s)
