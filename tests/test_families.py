@@ -124,7 +124,9 @@ def test_merge_reloads_in_a_fresh_process_and_eval_infer_diagnose_run(family, fa
     assert res.exit_code == 0, res.output
     export = json.loads((out / "cordlite_export.json").read_text())
     assert export["family"] == family and export["model_class"] == FAMILIES[family].model_class
-    assert FAMILIES[family].model_class in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert FAMILIES[family].model_class in card
+    assert ("audio_text_processor" in card) == bool(FAMILIES[family].processor_class)  # the no-torchvision route
     check = json.loads((out / "merge_check.json").read_text())["merged"]
     assert check["identical_answers"] == check["items"] == 2
 

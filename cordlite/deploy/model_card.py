@@ -42,6 +42,13 @@ def _fmt(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
+def _needs_torchvision(family: str | None) -> bool:
+    """Whether the family's processor class holds image and video processors (torchvision)."""
+    from cordlite.models.families import FAMILIES
+
+    return family in FAMILIES and bool(FAMILIES[family].processor_class)
+
+
 def model_card(name: str, export: dict, check: dict | None, nf4_check: dict | None,
                evals: dict[str, dict]) -> str:
     """Markdown with YAML front matter (read by model hubs). `export` is cordlite_export.json's content."""
@@ -122,6 +129,9 @@ def model_card(name: str, export: dict, check: dict | None, nf4_check: dict | No
         + (', device_map="auto")' if quant == "nf4" else ', dtype="auto", device_map="auto")'),
         f'processor = AutoProcessor.from_pretrained("{name}")',
         "```",
+        *(["", "Its processor class also holds image and video processors, which need torchvision; without it, "
+            "`cordlite.models.families.processors.audio_text_processor` builds the same class for audio and text."]
+          if _needs_torchvision(export.get("family")) else []),
         "",
         f"or `cordlite infer --model {name} --audio question.wav`."
         + (" The NF4 checkpoint needs `bitsandbytes` installed." if quant == "nf4" else ""),
