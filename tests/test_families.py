@@ -394,3 +394,18 @@ def test_prefilled_sampling_and_shared_prompt_pass_are_the_models_own(family, fa
         repeated = completion_hidden(model, {k: v.index_select(0, source) for k, v in prompt.items()}, ids, mask)
     valid = mask.bool()
     assert torch.allclose(shared[valid], repeated[valid], rtol=1e-4, atol=1e-5)
+
+
+def test_omni_processor_files_that_do_not_fit_the_class_get_one_message(family_dirs, tmp_path):
+    """A checkpoint whose tokenizer lacks the names Qwen2.5-Omni's processor reads (audio_token, ...)
+    is refused naming the directory, the class and the way out, not with a bare AttributeError."""
+    import shutil
+
+    bad = tmp_path / "omni"
+    shutil.copytree(family_dirs["qwen2_5_omni"], bad)
+    config = json.loads((bad / "tokenizer_config.json").read_text())
+    for key in ("audio_token", "audio_bos_token", "audio_eos_token"):
+        config.pop(key, None)
+    (bad / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"omni: its processor files do not make a Qwen2_5OmniProcessor .*torchvision"):
+        FAMILIES["qwen2_5_omni"].load_processor(str(bad))

@@ -63,6 +63,8 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
     try:
         model = family.transformers_class().from_pretrained(path, **kwargs)
         processor = family.load_processor(path, model_cfg.revision)
+    except ValueError as e:  # a config or processor files transformers or the family refuses: their message
+        raise ModelLoadError(f"model.name_or_path: {e}") from None
     except OSError as e:
         raise ModelLoadError(f"model.name_or_path: cannot load {path!r} ({e}). Use a local checkpoint directory "
                              f"or a hub id reachable from this machine (e.g. {family.smallest}).") from None

@@ -42,7 +42,12 @@ def load_processor(family, name_or_path: str, revision: str | None = None):
 
     kwargs = {"revision": revision} if revision else {}
     if family.processor_class and not torchvision_usable():
-        return audio_text_processor(family.processor_class, name_or_path, **kwargs)
+        try:
+            return audio_text_processor(family.processor_class, name_or_path, **kwargs)
+        except (AttributeError, KeyError, TypeError) as e:  # a tokenizer without the class's named tokens, ...
+            raise ValueError(f"{name_or_path}: its processor files do not make a {family.processor_class} "
+                             f"({type(e).__name__}: {e}); install a torchvision that matches torch to load it "
+                             "with AutoProcessor, or check the checkpoint's tokenizer_config.json") from None
     return AutoProcessor.from_pretrained(name_or_path, **kwargs)
 
 
