@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cordlite.models.families import decoder_kwargs, family_or_none, forward_inputs, language_model_of
+from cordlite.models.families import decoder_kwargs, family_or_none, forward_inputs
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _prompt_cache(base, lm, prompt: dict[str, torch.Tensor], num_per_prompt: int
     """The language model's keys and values of every prompt but its last token ([B, P-1] -> a
     cache of B * num_per_prompt rows, each prompt's repeated): generate() then reads only the last
     token, as it does after any prefilled cache, and samples on from there. `lm` is base's decoder
-    (families.language_model_of)."""
+    (its family's lm)."""
     mask = prompt["attention_mask"]  # [B, P]
     embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.get_input_embeddings()(prompt["input_ids"])
     position_ids = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # as generate() counts them
@@ -138,7 +138,7 @@ def sample(
     family = family_or_none(base)
     if family is not None and family.before_generate is not None:
         family.before_generate(base, inputs["input_ids"].shape[0])
-    lm = language_model_of(base)  # None for a text-only model (the LLM judge): its own prefill
+    lm = family.lm(base) if family is not None else None  # None for a text-only model (the LLM judge): its own prefill
     if (share_prefill and lm is not None and ("inputs_embeds" in prompt or "input_features" not in prompt)
             and prompt["input_ids"].shape[1] > 1 and saved.cache_implementation is None):
         cache = {cache_kwarg(type(lm)): _prompt_cache(base, lm, prompt, num_per_prompt)}
