@@ -124,3 +124,19 @@ def test_the_demo_compares_a_users_build_with_the_documented_one():
     low_gap = EXPECTED_RANGE["gap"][0] - 1
     assert "outside the range" in compare_with_documented({"text_acc": 99.0, "audio_acc": 99.0 - low_gap,
                                                            "gap": low_gap})
+
+
+def test_a_run_that_adapts_the_encoder_reads_no_frame_store(tmp_path, monkeypatch):
+    """On a pretrained build the suite hands LoRA runs the frozen encoder's frames of the cord clips;
+    a method with `lora.audio_encoder: true` trains the encoder, so its run must read the audio."""
+    from cordlite.testbed.ablate import lora_recipe
+
+    monkeypatch.chdir(REPO)
+    (tmp_path / "tb" / "model").mkdir(parents=True)
+    (tmp_path / "tb" / "model" / "testbed.json").write_text('{"encoder": "whisper-tiny.en"}')
+    s = _suite(testbed=str(tmp_path / "tb"), base_recipe="recipes/testbed_cord.yaml",
+               methods=(Method("cord", "CORD"), Method("enc", "CORD, encoder adapters",
+                                                       recipe={"lora": {"audio_encoder": True}})))
+    frozen, adapted = (lora_recipe(s, m, 0, tmp_path / m.name, check_paths=False) for m in s.methods)
+    assert frozen.data.frames == str(tmp_path / "tb" / "frames" / "cord.safetensors")
+    assert adapted.lora.audio_encoder and not adapted.data.frames

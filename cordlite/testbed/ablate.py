@@ -47,13 +47,19 @@ def _base_raw(suite: Suite) -> dict:
     return yaml.safe_load(Path(suite.base_recipe).read_text(encoding="utf-8")) or {}
 
 
+def _reuses_frames(suite: Suite, raw: dict) -> bool:
+    """Whether a LoRA run reads the build's frame stores: only on a pretrained build (its encoder is
+    frozen) and only when the run's adapter leaves the encoder alone (`lora.audio_encoder`)."""
+    return pretrained_build(suite.testbed) and not (raw.get("lora") or {}).get("audio_encoder", False)
+
+
 def lora_recipe(suite: Suite, method: Method, seed: int, run_dir: Path, check_paths: bool = True):
     """The recipe of one LoRA run: base recipe + the method's overrides + the suite's budget."""
     from cordlite.recipe import recipe_from_dict
 
     raw = _merge(_base_raw(suite), method.recipe)
     data = {"train_manifest": str(Path(suite.testbed) / "data" / "cord.jsonl")}
-    if pretrained_build(suite.testbed):  # the frozen encoder's frames of the cord clips, made once per suite
+    if _reuses_frames(suite, raw):  # the frozen encoder's frames of the cord clips, made once per suite
         data["frames"] = str(store_path(suite.testbed, "cord"))
     raw = _merge(raw, {"model": {"name_or_path": str(Path(suite.testbed) / "model")},
                        "data": data,
@@ -120,6 +126,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
         train(recipe, resume=(run_dir / "train" / "checkpoints").is_dir())
     curve = []
     frames = None  # a frozen encoder's test-clip frames: the split's store, loaded at the first evaluation
+    reuse = _reuses_frames(suite, _merge(_base_raw(suite), method.recipe))  # else the adapted encoder runs
     for step in suite.eval_steps():
         cached = run_dir / "eval" / f"step_{step:06d}.json"
         if cached.is_file():
@@ -129,7 +136,8 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
         if step == suite.steps:
             adapter = run_dir / "train" / "adapter"
         model, processor = load_for_eval(Path(suite.testbed) / "model", adapter)
-        frames = frames or eval_frames(suite.testbed, "test", model, processor, progress=False)
+        if frames is None and reuse:
+            frames = eval_frames(suite.testbed, "test", model, processor, progress=False)
         final = run_dir / "eval" / "responses.jsonl" if step == suite.steps else None
         point = {"step": step, **_score(model, processor, test, instruction, final, frames)}
         cached.parent.mkdir(parents=True, exist_ok=True)
