@@ -187,18 +187,27 @@ def test_suite_and_demo_on_the_pretrained_toy_build(toy_v2, tmp_path):
         f"testbed: {out}\nbase_recipe: {recipe}\nout: {tmp_path / 'abl'}\nseeds: [0]\nsteps: 2\neval_every: 1\n"
         "jobs: 1\ncontrol: {lr: 1.0e-3, warmup_steps: 1}\nmethods:\n"
         "  - {name: control, label: Control, kind: align}\n"
-        f"  - {{name: cord, label: CORD, recipe: {{{fast}}}}}\n")
+        f"  - {{name: cord, label: CORD, recipe: {{{fast}}}}}\n"
+        # adapters on the encoder too: it trains, so the run reads the audio, not the frame stores
+        f"  - {{name: cord_enc, label: CORD enc, recipe: {{lora: {{audio_encoder: true}}, {fast}}}}}\n")
     threads = torch.get_num_threads()
     summary = run_suite(load_suite(suite_file))
     report = run_demo(str(out), str(recipe), steps=2, out=str(tmp_path / "demo"), threads=1,
                       config=TestbedConfig.toy("whisper-tiny.en"),
                       overrides=("optim.warmup_steps=1", "rollout.max_new_tokens=6"))
     torch.set_num_threads(threads)
-    assert [m["name"] for m in summary["methods"]] == ["control", "cord"]
+    assert [m["name"] for m in summary["methods"]] == ["control", "cord", "cord_enc"]
     assert (out / "frames" / "cord.safetensors").is_file()  # made once for every LoRA run
     config = (tmp_path / "abl" / "cord" / "seed_0" / "train" / "config.yaml").read_text()
     assert "frames: " + str(out / "frames" / "cord.safetensors") in config
-    for name in ("control", "cord"):
+    enc_config = (tmp_path / "abl" / "cord_enc" / "seed_0" / "train" / "config.yaml").read_text()
+    assert "audio_encoder: true" in enc_config and "frames: " + str(out) not in enc_config
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "abl" / "cord_enc" / "seed_0" / "train" / "adapter" / "adapter_model.safetensors"),
+                   "pt") as f:
+        assert any("audio_tower" in k and "lora_" in k for k in f.keys())
+    for name in ("control", "cord", "cord_enc"):
         result = json.loads((tmp_path / "abl" / name / "seed_0" / "result.json").read_text())
         assert [p["step"] for p in result["curve"]] == [1, 2] and result["curve"][-1]["n"] == 8
     saved = json.loads((tmp_path / "demo" / "demo.json").read_text())
