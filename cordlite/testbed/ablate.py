@@ -126,7 +126,7 @@ def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, inst
         train(recipe, resume=(run_dir / "train" / "checkpoints").is_dir())
     curve = []
     frames = None  # a frozen encoder's test-clip frames: the split's store, loaded at the first evaluation
-    reuse = _reuses_frames(suite, _merge(_base_raw(suite), method.recipe))  # else the adapted encoder runs
+    reuse = bool(recipe.data.frames)  # the encoder is frozen; else the adapted encoder runs at every evaluation
     for step in suite.eval_steps():
         cached = run_dir / "eval" / f"step_{step:06d}.json"
         if cached.is_file():
