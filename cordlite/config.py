@@ -58,10 +58,6 @@ class ModelConfig:
     """Dtype of the unquantised weights (audio encoder, projector, norms): auto = bf16 on CUDA, fp32 on CPU."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel passed to transformers."""
-    backend: Literal["transformers", "unsloth"] = "transformers"
-    """How the base is loaded and LoRA attached: transformers + bitsandbytes + peft, or unsloth's
-    FastModel (CUDA only, `pip install -e ".[unsloth]"`, and only for a model family unsloth supports;
-    anything else stops with a message, never a silent fallback). See docs/benchmarks.md."""
 
 
 @dataclass(frozen=True)
@@ -83,8 +79,10 @@ class LoraConfig:
     """LoRA rank."""
     alpha: int = 32
     """LoRA scaling numerator (scale = alpha / r)."""
-    dropout: float = 0.05
-    """Dropout on the LoRA input in training mode."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input in training mode. 0 for loss.objective: cord (validated): rollouts are
+    sampled in eval mode, so with dropout the gradient pass would score the tokens under another
+    policy than the one that drew them. The off-policy baselines (sft, forward_kl) may use it."""
     target_modules: tuple[str, ...] = (
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
     )
@@ -117,6 +115,9 @@ class DataConfig:
     """Clips longer than this are refused at load (Qwen2-Audio's encoder sees at most 30 s)."""
     shuffle: bool = True
     """Seeded reshuffle every epoch; False walks the manifest in order."""
+    audio_cache_mb: float = 1024.0
+    """Decoded clips kept in memory between steps (float32, least recently used dropped first): 1 GB
+    holds about 8 hours of 16 kHz audio; 0 reads every clip again each time it is used."""
     skip_bad_rows: bool = False
     """Drop rows that fail the manifest or clip checks instead of stopping (for large real data
     sets): each is listed with its reason in RUN/skipped_rows.jsonl, and every metrics row counts
@@ -145,6 +146,10 @@ class RolloutConfig:
     """Nucleus sampling; 1.0 samples the full distribution, which on-policy training assumes."""
     reference_decoding: Literal["greedy", "sample"] = "greedy"
     """Text-view reference answer: greedy (cordlite default: the teacher's best answer) or sampled at T=1."""
+    kv_budget_gb: float | None = None
+    """KV cache (GB) one generate call may hold: the step's rollouts, the teacher's reference answers.
+    Prompts are split into as many calls as the budget needs (the same rows either way: each row's
+    draws depend on its key only). Unset: half the memory free at the call (CUDA: the device's)."""
     encode_audio_once: bool = True
     """Run the audio encoder once per prompt and phase of a step (rollouts, gradient pass) and reuse
     its merged embeddings for every row (cordlite.models.audio_view): the same numbers, fewer
@@ -231,8 +236,9 @@ class TrainConfig:
     """Seed of data order, LoRA init and per-step sampling."""
     gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     """Recompute activations in backward: auto = on with CUDA, off on CPU."""
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
-    """bf16 autocast: auto = bf16 on CUDA, none on CPU."""
+    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    """Half-precision autocast on CUDA: auto = bf16 where the GPU has it natively, else fp16 with loss
+    scaling (T4, V100); none on CPU. The choice is written to RUN/runtime.json."""
 
 
 @dataclass(frozen=True)

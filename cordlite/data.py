@@ -17,6 +17,7 @@ Data order is a pure function of (seed, epoch): resuming at step s replays the s
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 from dataclasses import dataclass, field
@@ -212,26 +213,37 @@ def clip_problems_message(manifest: Path, problems: list[str], show: int = 20, w
 
 
 class AudioCache:
-    """Loads each clip once (16 kHz mono float32) and checks its length."""
+    """Loads clips (16 kHz mono float32), checks their length, and keeps the most recently used ones
+    up to `max_mb` megabytes (least recently used dropped first; 0 keeps none): a run over 80,000 clips
+    would otherwise hold every one of them, 100 GB and more."""
 
-    def __init__(self, max_seconds: float = 30.0):
+    def __init__(self, max_seconds: float = 30.0, max_mb: float = 1024.0):
         self.max_seconds = max_seconds
-        self._cache: dict[Path, np.ndarray] = {}
+        self.max_bytes = int(max_mb * 1e6)
+        self.bytes = 0
+        self._cache: collections.OrderedDict[Path, np.ndarray] = collections.OrderedDict()
 
     def __call__(self, ex: Example) -> np.ndarray:
         audio = self._cache.get(ex.audio_path)
-        if audio is None:
-            audio = load_audio(ex.audio_path)
-            seconds = len(audio) / 16000
-            if seconds > self.max_seconds:
-                raise AudioError(f"{ex.audio_path}: {seconds:.1f} s is longer than data.max_audio_seconds="
-                                 f"{self.max_seconds}; trim the clip or drop row {ex.id!r}")
-            if len(audio) == 0:
-                raise AudioError(f"{ex.audio_path}: the clip is empty; re-synthesise row {ex.id!r}")
-            if not np.isfinite(audio).all():
-                raise AudioError(f"{ex.audio_path}: the clip holds NaN or infinite samples; re-synthesise row "
-                                 f"{ex.id!r} or drop it (`cordlite data check` finds every such clip)")
+        if audio is not None:
+            self._cache.move_to_end(ex.audio_path)
+            return audio
+        audio = load_audio(ex.audio_path)
+        seconds = len(audio) / 16000
+        if seconds > self.max_seconds:
+            raise AudioError(f"{ex.audio_path}: {seconds:.1f} s is longer than data.max_audio_seconds="
+                             f"{self.max_seconds}; trim the clip or drop row {ex.id!r}")
+        if len(audio) == 0:
+            raise AudioError(f"{ex.audio_path}: the clip is empty; re-synthesise row {ex.id!r}")
+        if not np.isfinite(audio).all():
+            raise AudioError(f"{ex.audio_path}: the clip holds NaN or infinite samples; re-synthesise row "
+                             f"{ex.id!r} or drop it (`cordlite data check` finds every such clip)")
+        if audio.nbytes <= self.max_bytes:
             self._cache[ex.audio_path] = audio
+            self.bytes += audio.nbytes
+            while self.bytes > self.max_bytes:
+                _, dropped = self._cache.popitem(last=False)
+                self.bytes -= dropped.nbytes
         return audio
 
 

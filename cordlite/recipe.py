@@ -80,6 +80,7 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
             problems.append(f"data.frames: {d.frames!r} does not exist; make it with `cordlite testbed frames "
                             "OUT_DIR --split SPLIT` (OUT_DIR/frames/SPLIT.safetensors) or remove the field")
     need(d.tiny_questions >= 2, f"data.tiny_questions: {d.tiny_questions} must be >= 2")
+    need(0 <= d.audio_cache_mb < float("inf"), f"data.audio_cache_mb: {d.audio_cache_mb} must be >= 0 (0 = no cache)")
     need(0 < d.max_audio_seconds <= 30.0,
          f"data.max_audio_seconds: {d.max_audio_seconds} must be in (0, 30] (Qwen2-Audio's encoder window)")
 
@@ -89,6 +90,8 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
     need(ro.group_temperature > 0, f"rollout.group_temperature: {ro.group_temperature} must be > 0")
     need(0 < ro.top_p <= 1, f"rollout.top_p: {ro.top_p} must be in (0, 1]")
     need(ro.group_size >= 1, f"rollout.group_size: {ro.group_size} must be >= 1")
+    need(ro.kv_budget_gb is None or 0 < ro.kv_budget_gb < float("inf"),
+         f"rollout.kv_budget_gb: {ro.kv_budget_gb} must be a positive number of GB (or unset: half the free memory)")
 
     lo = r.loss
     need(lo.lambda_tok >= 0 and lo.lambda_seq >= 0, "loss.lambda_tok / loss.lambda_seq: must be >= 0")
@@ -106,6 +109,10 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
         problems.append(f"loss.objective: {lo.objective} trains along the teacher's text-view rollouts, where "
                         "GRPO has no student rollouts to score; set loss.lambda_seq: 0 and "
                         "rollout.share_rollouts: false (or loss.objective: cord)")
+    if lo.objective == "cord" and 0 < r.lora.dropout < 1:
+        problems.append(f"lora.dropout: {r.lora.dropout} with loss.objective: cord; CORD is on-policy: rollouts "
+                        "are sampled without dropout, so the gradient pass must score them without it too (the "
+                        "policy that sampled them); set lora.dropout: 0")
     if lo.objective != "cord" and lo.kl_direction != "reverse":
         problems.append(f"loss.kl_direction: {lo.kl_direction!r} applies to loss.objective: cord only "
                         f"({lo.objective} decides its own); remove it")
@@ -147,23 +154,30 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
                         f"{max(1, t.batch_size // t.micro_batch_size) * t.micro_batch_size})")
     need(o.warmup_steps <= t.max_steps,
          f"optim.warmup_steps: {o.warmup_steps} exceeds train.max_steps {t.max_steps}")
-    if r.model.device == "cpu" and r.train.mixed_precision == "bf16":
-        problems.append("train.mixed_precision: 'bf16' autocast is for CUDA; use 'auto' or 'no' on CPU")
+    if r.model.device == "cpu" and r.train.mixed_precision in ("bf16", "fp16"):
+        problems.append(f"train.mixed_precision: {r.train.mixed_precision!r} autocast is for CUDA; use 'auto' or 'no' "
+                        "on CPU")
     if r.model.device == "cpu" and r.quantization.mode == "int8":
         problems.append("quantization.mode: 'int8' needs CUDA in bitsandbytes; use 'nf4' or 'none' on CPU")
-    if r.model.backend == "unsloth" and r.model.device == "cpu":
-        problems.append("model.backend: 'unsloth' runs on NVIDIA GPUs only, but model.device is 'cpu'; "
-                        "use backend: transformers on CPU, or device: cuda")
-    if r.model.backend == "unsloth" and (r.lora.projector or r.lora.audio_encoder or not r.lora.target_modules):
-        problems.append("lora.projector / lora.audio_encoder: unsloth adapts the language model only; set both "
-                        "false (with lora.target_modules listed) or use backend: transformers")
-    if r.model.backend == "unsloth" and r.quantization.mode == "int8":
-        problems.append("model.backend: 'unsloth' loads 4-bit (quantization.mode: nf4) or 16-bit (none), not "
-                        "'int8'; change quantization.mode or use backend: transformers")
 
     need(bool(r.output.dir), "output.dir: required")
     need(r.output.save_every >= 1, f"output.save_every: {r.output.save_every} must be >= 1")
     need(r.output.keep_last >= 1, f"output.keep_last: {r.output.keep_last} must be >= 1")
+
+
+# Keys earlier cordlite versions read, with what to do now.
+REMOVED = {
+    ("model", "backend"): "removed: every model loads through transformers, bitsandbytes and peft (unsloth has no "
+                          "audio model cordlite runs, docs/benchmarks.md); delete the key",
+}
+
+
+def _removed_keys(raw: dict, problems: list[str]) -> None:
+    for (section, key), why in REMOVED.items():
+        part = raw.get(section)
+        if isinstance(part, dict) and key in part:
+            raw[section] = {k: v for k, v in part.items() if k != key}
+            problems.append(f"{section}.{key}: {why}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -208,6 +222,8 @@ def recipe_from_dict(raw: Any, source: str = "recipe", overrides: list[str] | tu
     raw = dict(raw or {}) if isinstance(raw, dict) else raw
     if isinstance(raw, dict):
         apply_overrides(raw, overrides, problems)
+    if isinstance(raw, dict):
+        _removed_keys(raw, problems)
     recipe = build(Recipe, raw, "", problems)
     # Range checks run too, so one message lists everything; a field that already failed to
     # parse holds its default, so checks that name it are dropped rather than reported twice.

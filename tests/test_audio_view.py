@@ -250,50 +250,73 @@ def test_collect_with_a_frame_store_skips_the_encoder(setup, tmp_path):
     assert loss1 == pytest.approx(loss0, rel=1e-5)
 
 
-def test_shared_prompt_pass_equals_repeated_prompts(setup):
+class _LayerRows:
+    """Counts the (rows, positions) the first decoder layer's MLP runs on (a replay in backward included:
+    the checkpointed layer's forward is replayed without its own hooks, its MLP's hooks still run)."""
+
+    def __init__(self, model):
+        self.calls: list[tuple[int, int]] = []
+        mlp = base_of(model).model.language_model.layers[0].mlp
+        self.handle = mlp.register_forward_pre_hook(lambda m, args: self.calls.append(tuple(args[0].shape[:2])))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_shared_prompt_pass_equals_repeated_prompts(setup, checkpointing):
     """shared_prompt_hidden (each prompt once, rows continue from its keys and values) gives
-    completion_hidden on the repeated prompts: the same hidden states and the same gradients."""
+    completion_hidden on the repeated prompts without checkpointing: the same hidden states and the
+    same gradients, with gradient checkpointing on as well. The language model reads the 2 prompts
+    once and the 5 rows' completions (7 rows of work instead of 5 full rows), and with checkpointing
+    backward replays both passes (the cache survives the replay)."""
     from cordlite.objective.logprobs import completion_hidden, shared_prompt_hidden
 
     model, processor, views, _, _ = setup
+    base = base_of(model)
     source = torch.tensor([0, 0, 0, 1, 1])  # 3 rows continue prompt 0, 2 rows prompt 1
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(0, 100, (5, 4), generator=g)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
     model.train()
-    grads = []
-    for shared in (False, True):
-        model.zero_grad(set_to_none=True)
-        prompt = prompt_embeds(model, views.audio)
-        if shared:
-            hidden = shared_prompt_hidden(model, prompt, source, ids, mask)
-        else:
-            hidden = completion_hidden(model, {k: v.index_select(0, source) for k, v in prompt.items()}, ids, mask)
-        (hidden * mask.unsqueeze(-1)).square().sum().backward()
-        grads.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    model.eval()
+    grads, rows = [], None
+    try:
+        for shared in (False, True):
+            if shared and checkpointing:
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model.zero_grad(set_to_none=True)
+            counter = _LayerRows(model)
+            prompt = prompt_embeds(model, views.audio)
+            if shared:
+                hidden = shared_prompt_hidden(model, prompt, source, ids, mask)
+            else:
+                hidden = completion_hidden(model, {k: v.index_select(0, source) for k, v in prompt.items()}, ids, mask)
+            (hidden * mask.unsqueeze(-1)).square().sum().backward()
+            counter.handle.remove()
+            rows = counter.calls
+            grads.append((hidden.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    finally:
+        base.activation_checkpointing_disable()
+        model.eval()
+    p_len = views.audio["input_ids"].shape[1]
+    replays = [(5, 4), (2, p_len)] if checkpointing else []  # backward replays the completion pass, then the prompt's
+    assert rows == [(2, p_len), (5, 4)] + replays
     (h_rep, g_rep), (h_shared, g_shared) = grads
     valid = mask.bool()
     assert torch.allclose(h_rep[valid], h_shared[valid], rtol=1e-5, atol=1e-6)
     assert g_rep.keys() == g_shared.keys() and any("language_model" in k for k in g_rep)
-    for k in g_rep:  # float32 sums in another order: equal to 1e-4 of each gradient's scale
+    # float32 sums in another order (Qwen2's RMSNorm computes in float32): equal to 1e-4 of each gradient's scale
+    for k in g_rep:
         assert (g_rep[k] - g_shared[k]).abs().max() <= 1e-4 * g_rep[k].abs().max(), k
 
 
 def test_one_generate_call_samples_rows_at_their_own_temperatures(setup):
     """sample(temperature=[t0, t1, ...]): row j of every prompt's group at temperature t_j in one
-    call. The processor divides each row's logits by its temperature (by hand), and a row at
-    temperature 1e-6 is the greedy answer while a row at 1.0 differs from it."""
-    from cordlite.models.sampling import _RowTemperature, sample
+    call: a row at temperature 1e-6 is the greedy answer while a row at 1.0 differs from it."""
+    from cordlite.models.sampling import sample
 
-    scores = torch.tensor([[2.0, 4.0], [2.0, 4.0]])
-    assert torch.equal(_RowTemperature(torch.tensor([1.0, 0.5]))(None, scores), torch.tensor([[2.0, 4.0], [4.0, 8.0]]))
     model, processor, views, _, _ = setup
     tokens = Tokens.of(model, processor.tokenizer)
     common = dict(max_new_tokens=6, end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids)
     greedy = sample(model, views.text, 1, temperature=1.0, greedy=True, **common)
-    torch.manual_seed(0)
-    mixed = sample(model, views.text, 3, temperature=[1e-6, 1.0, 1.0], **common)
+    mixed = sample(model, views.text, 3, temperature=[1e-6, 1.0, 1.0], keys=torch.tensor([1, 2]), **common)
     assert mixed.source.tolist() == [0, 0, 0, 1, 1, 1]
     width = greedy.completion_ids.shape[1]
     assert torch.equal(mixed.completion_ids[[0, 3], :width], greedy.completion_ids)
@@ -302,10 +325,13 @@ def test_one_generate_call_samples_rows_at_their_own_temperatures(setup):
         sample(model, views.text, 3, temperature=[1.0, 1.0], **common)
 
 
-def test_shared_prefill_samples_what_separate_prefills_sample(setup):
-    """sample(share_prefill=True) on merged embeddings: each prompt read once, its rows continue
-    from copies of its keys and values. Greedy rows are token for token those of G separate
-    prefills, and with one seed the sampled rows are too."""
+def test_every_cache_layout_and_call_split_samples_the_same_rows(setup):
+    """A prompt's rows are the same tokens whichever way the call is arranged: generate()'s own
+    prefill, cordlite's prefill copied to every row (transformers' dynamic cache), one copy of each
+    prompt for its rows (the shared-prefix cache), and the prompts split into one call each by a KV
+    budget: greedy rows token for token, and sampled rows with the same keys too. The shared-prefix
+    cache holds each prompt once: less than half the dynamic cache's bytes for 3 rows a prompt."""
+    from cordlite.models.kv_cache import call_bytes
     from cordlite.models.sampling import sample
 
     model, processor, views, _, _ = setup
@@ -313,15 +339,24 @@ def test_shared_prefill_samples_what_separate_prefills_sample(setup):
     common = dict(max_new_tokens=6, end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids)
     with torch.no_grad():
         audio = prompt_embeds(model, views.audio)
-    out = {}
-    for shared in (False, True):
-        greedy = sample(model, audio, 2, temperature=1.0, greedy=True, share_prefill=shared, **common)
-        torch.manual_seed(5)
-        sampled = sample(model, audio, 3, temperature=[1.0, 1.5, 1.5], share_prefill=shared, **common)
-        out[shared] = (greedy, sampled)
-    assert torch.equal(out[False][0].completion_ids, out[True][0].completion_ids)
-    assert torch.equal(out[False][1].completion_ids, out[True][1].completion_ids)
-    assert out[True][1].source.tolist() == [0, 0, 0, 1, 1, 1]
+    keys = torch.tensor([7, 8])
+    for prompt in (views.text, audio):
+        one_prompt = call_bytes(model.config, torch.float32, 1, 3, prompt["input_ids"].shape[1], 6, shared=True)
+        layouts = {"own": dict(share_prefill=False), "dynamic": dict(kv_cache="dynamic"), "shared": {},
+                   "split": dict(kv_budget=one_prompt)}
+        out, calls = {}, {}
+        for name, kw in layouts.items():
+            calls[name] = []
+            greedy = sample(model, prompt, 2, temperature=1.0, greedy=True, **common, **kw)
+            sampled = sample(model, prompt, 3, temperature=[1.0, 1.5, 1.5], keys=keys, calls=calls[name], **common, **kw)
+            out[name] = (greedy, sampled)
+        for name in layouts:
+            assert torch.equal(out[name][0].completion_ids, out["own"][0].completion_ids), name
+            assert torch.equal(out[name][1].completion_ids, out["own"][1].completion_ids), name
+            assert out[name][1].source.tolist() == [0, 0, 0, 1, 1, 1]
+        assert [c["prompts"] for c in calls["split"]] == [1, 1] and all(c["kv_bytes"] <= one_prompt for c in calls["split"])
+        assert calls["shared"][0]["shared_prefix"] and not calls["dynamic"][0]["shared_prefix"]
+        assert calls["shared"][0]["kv_bytes"] < 0.5 * calls["dynamic"][0]["kv_bytes"]
 
 
 def test_prefilled_prompts_answer_as_generates_own_prefill_for_ids_and_single_rows(setup):

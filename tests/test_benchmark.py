@@ -1,5 +1,5 @@
 """The step benchmark on CPU: its arithmetic by hand, its collect variant against cordlite's collect,
-the tiny mode end to end, and the unsloth backend's refusal (benchmarks/, cordlite/models/unsloth_backend.py)."""
+the tiny mode end to end (benchmarks/)."""
 
 from __future__ import annotations
 
@@ -196,28 +196,3 @@ def test_7b_on_cpu_is_refused_with_what_to_run_instead(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "needs an NVIDIA GPU" in err and "--size tiny" in err and "--estimate" in err
-
-
-def test_unsloth_backend_refuses_qwen2_audio_with_the_reasons_and_never_imports_unsloth(tiny_model_dir, tmp_path):
-    from cordlite.models.runtime import ModelLoadError
-    from cordlite.models.unsloth_backend import BackendUnavailable
-    from cordlite.schema import ConfigError
-
-    raw = {"model": {"name_or_path": str(tiny_model_dir), "backend": "unsloth"},
-           "data": {"train_manifest": str(tmp_path / "m.jsonl")}}
-    recipe = recipe_from_dict(raw, check_paths=False)
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train)
-    with pytest.raises(BackendUnavailable) as exc:
-        load_base(recipe.model, recipe.quantization, rt)
-    msg = str(exc.value)
-    assert isinstance(exc.value, ModelLoadError)  # so `cordlite train` prints it without a traceback
-    assert msg.startswith("model.backend: 'unsloth' cannot be used:")
-    assert "'qwen2_audio'" in msg and "Gemma 3n" in msg and "Whisper" in msg
-    assert "set model.backend: transformers" in msg
-    if not torch.cuda.is_available():
-        assert "no CUDA device" in msg
-    assert "unsloth" not in sys.modules
-
-    with pytest.raises(ConfigError) as cfg:
-        recipe_from_dict({**raw, "model": {**raw["model"], "device": "cpu"}}, check_paths=False)
-    assert "model.backend: 'unsloth' runs on NVIDIA GPUs only" in str(cfg.value)

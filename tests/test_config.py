@@ -282,6 +282,8 @@ def test_possible_neighbours_of_the_impossible_combinations_are_fine():
         {"loss": {"lambda_seq": 1.0}, "rollout": {"share_rollouts": True}},
         {"quantization": {"mode": "none", "skip_modules": []}},
         {"data": {"frames": "f.safetensors"}, "lora": {"audio_encoder": False}},
+        {"lora": {"dropout": 0.1}, "loss": {"objective": "sft", "lambda_seq": 0.0}},  # off-policy: dropout allowed
+        {"rollout": {"kv_budget_gb": 2.5}, "data": {"audio_cache_mb": 0}},
     ]
     for sections in ok:
         recipe_from_dict(_base(**sections), check_paths=False)
@@ -290,6 +292,11 @@ def test_possible_neighbours_of_the_impossible_combinations_are_fine():
 @pytest.mark.parametrize("sections, needle", [
     ({"lora": {"r": 0}}, "lora.r"),
     ({"lora": {"dropout": 1.0}}, "lora.dropout"),
+    ({"lora": {"dropout": 0.05}}, "CORD is on-policy"),  # the gradient pass must score the sampling policy
+    ({"rollout": {"kv_budget_gb": 0}}, "rollout.kv_budget_gb"),
+    ({"rollout": {"kv_budget_gb": float("inf")}}, "rollout.kv_budget_gb"),
+    ({"data": {"audio_cache_mb": -1}}, "data.audio_cache_mb"),
+    ({"model": {"device": "cpu"}, "train": {"mixed_precision": "fp16"}}, "train.mixed_precision"),
     ({"lora": {"target_modules": []}}, "lora.target_modules"),
     ({"data": {"max_audio_seconds": 31}}, "data.max_audio_seconds"),
     ({"rollout": {"top_p": 0}}, "rollout.top_p"),

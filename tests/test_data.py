@@ -219,3 +219,29 @@ def test_append_only_jsonl_survives_a_line_cut_short(tmp_path):
     assert read_jsonl(path) == [{"id": "a", "n": 1}, {"id": "b", "n": 2}, {"id": "c", "n": 3}]
     write_jsonl_atomic(path, read_jsonl(path)[:1])  # rewritten whole: the broken tail is gone
     assert path.read_text(encoding="utf-8") == '{"id": "a", "n": 1}\n'
+
+
+def test_the_audio_cache_keeps_the_most_recently_used_clips_within_its_bytes(tmp_path: Path):
+    """Three 1 s clips (16,000 float32 samples = 64,000 bytes each) in a cache of 0.15 MB: two fit, the
+    least recently used one is dropped for the third; a clip read again comes from memory, not the
+    file; max_mb 0 keeps nothing."""
+    import soundfile as sf
+
+    from cordlite.data import AudioCache, Example
+
+    clips = []
+    for i in range(3):
+        path = tmp_path / f"c{i}.wav"
+        sf.write(path, np.full(16000, 0.1 * (i + 1), dtype=np.float32), 16000, subtype="FLOAT")
+        clips.append(Example(f"c{i}", path, "q"))
+    cache = AudioCache(max_mb=0.15)
+    cache(clips[0]), cache(clips[1])
+    assert cache.bytes == 128_000
+    cache(clips[0])  # c0 is now the most recent: c1 goes first
+    cache(clips[2])
+    assert list(cache._cache) == [clips[0].audio_path, clips[2].audio_path] and cache.bytes == 128_000
+    clips[0].audio_path.unlink()  # served from memory
+    assert float(cache(clips[0])[0]) == pytest.approx(0.1)
+    none = AudioCache(max_mb=0)
+    none(clips[1])
+    assert none.bytes == 0 and not none._cache

@@ -363,7 +363,8 @@ def test_views_from_frame_counts_are_the_family_processors(family, family_dirs, 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
 def test_prefilled_sampling_and_shared_prompt_pass_are_the_models_own(family, family_dirs, tiny_manifest, plain_base):
     """The rollouts cordlite samples from merged embeddings with its own prefill are the model's own
-    generate() on the processor's features, greedy token for token; the gradient pass that reads each
+    generate() on the processor's features, greedy token for token, and sampled rows are the same
+    whether each row holds a copy of the prompt's keys and values or all share one; the gradient pass that reads each
     prompt once gives the hidden states of the repeated prompts (Gemma 4: per-layer inputs, shared keys
     and values, sliding windows; Qwen2.5-Omni: its 3-D positions' state)."""
     from transformers import GenerationConfig
@@ -387,6 +388,12 @@ def test_prefilled_sampling_and_shared_prompt_pass_are_the_models_own(family, fa
                       end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids)
         width = ours.completion_ids.shape[1]
         assert torch.equal(ours.completion_ids, own[:, :width].masked_fill(ours.completion_mask == 0, tokens.pad_id))
+        # sampled rows: the same keys give the same tokens with the prompt copied to each row and stored once
+        common = dict(temperature=[1.0, 1.5, 1.5], max_new_tokens=GREEDY_TOKENS, end_ids=tokens.end_ids,
+                      pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids, keys=torch.tensor([3, 4]))
+        copied = sample(model, prompt, 3, kv_cache="dynamic", **common)
+        auto = sample(model, prompt, 3, **common)
+        assert torch.equal(copied.completion_ids, auto.completion_ids)
         source = torch.tensor([0, 0, 1])
         ids = torch.randint(0, 200, (3, 5), generator=torch.Generator().manual_seed(0))
         mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])

@@ -164,7 +164,8 @@ def test_completion_mask_includes_first_end_token_only():
 
 def test_sampling_ignores_the_checkpoints_decoding_defaults(tiny_model_dir, tiny_manifest, monkeypatch):
     """Rollouts must sample the model's own distribution: a checkpoint's top_k / top_p /
-    repetition_penalty (Qwen ships them in generation_config.json) must not leak into them."""
+    repetition_penalty (Qwen ships them in generation_config.json) must not leak into them. The only
+    processors are the suppressed tokens and cordlite's row sampler (which applies the temperature)."""
     from transformers import AutoProcessor, GenerationMixin, Qwen2AudioForConditionalGeneration
 
     from cordlite.data import AudioCache, encode_views, read_manifest
@@ -186,5 +187,5 @@ def test_sampling_ignores_the_checkpoints_decoding_defaults(tiny_model_dir, tiny
 
     monkeypatch.setattr(GenerationMixin, "_get_logits_processor", spy)
     sample(model, views.audio, 2, temperature=1.5, max_new_tokens=3, end_ids=[1020], pad_id=1018, blocked_ids=[1021])
-    assert seen and set(seen[0]) == {"TemperatureLogitsWarper", "SuppressTokensLogitsProcessor"}, seen
+    assert seen and seen[0] == ["SuppressTokensLogitsProcessor", "RowSampler"], seen
     assert model.generation_config.top_k == 5  # the checkpoint's own config is left as it was

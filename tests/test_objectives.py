@@ -187,9 +187,8 @@ def test_lora_target_regex_names_the_layers_of_each_side():
         lora_target_regex((), False, False)
 
 
-def test_unsloth_refuses_audio_side_adapters(tmp_path):
+def test_a_recipe_naming_the_removed_backend_key_is_told_to_delete_it(tmp_path):
     raw = _raw("unused", "unused", tmp_path, "cord")
     raw["model"] = {"name_or_path": "unused", "backend": "unsloth", "device": "cuda"}
-    raw["lora"]["audio_encoder"] = True
-    with pytest.raises(ConfigError, match="unsloth adapts the language model only"):
+    with pytest.raises(ConfigError, match=r"model.backend: removed: every model loads through transformers"):
         recipe_from_dict(raw, check_paths=False)

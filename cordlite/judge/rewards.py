@@ -116,7 +116,7 @@ def _self_context(model, rt) -> Callable[[], ContextManager]:
             if rt is not None and rt.autocast and rt.device.type == "cuda":
                 import torch
 
-                stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+                stack.enter_context(torch.autocast("cuda", dtype=rt.amp_dtype))
             yield
 
     return ctx

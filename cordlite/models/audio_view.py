@@ -38,6 +38,18 @@ def encode_audio(model, input_features: torch.Tensor,
     return family.encode(tower, input_features, feature_attention_mask)
 
 
+def encode_each(model, input_features: torch.Tensor,
+                feature_attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """encode_audio clip by clip, stacked as encode_audio returns them: each clip's frames depend on
+    that clip alone, not on which clips share its batch (so a step's frames are the same numbers
+    whichever ranks and micro-batches its prompts fall in), and each clip runs on its own length."""
+    rows = [encode_audio(model, input_features[b : b + 1], feature_attention_mask[b : b + 1])
+            for b in range(input_features.shape[0])]
+    frames = [hidden[0, : int(n[0])] for hidden, n in rows]
+    hidden, lengths = stack_frames(frames, frames[0].dtype)
+    return hidden, lengths.to(hidden.device)
+
+
 def project(model, hidden: torch.Tensor) -> torch.Tensor:
     """Encoder frames [B, T, D] -> the language model's input space [B, T, H] (the projector, after
     whatever the family's forward does to the frames before it)."""
@@ -125,7 +137,7 @@ class FrameCache:
         audio-view prompt `audio` of the same clips; the encoder runs only on clips not seen yet."""
         missing = [i for i, k in enumerate(ids) if k not in self.frames]
         if missing:
-            index = torch.tensor(missing)
+            index = torch.tensor(missing, device=audio["input_features"].device)  # on the features' device (CUDA too)
             hidden, lengths = encode_audio(model, audio["input_features"].index_select(0, index),
                                            audio["feature_attention_mask"].index_select(0, index))
             for i, h, n in zip(missing, hidden, lengths.tolist()):

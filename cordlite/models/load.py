@@ -6,8 +6,7 @@ The class is the checkpoint's family's (cordlite.models.families, from config.mo
 model.family); a model type cordlite does not run is refused before any weight is read. The audio
 encoder, the projector and the LM head stay unquantised (the family's, plus
 quantization.skip_modules). LoRA goes on with
-cordlite.models.lora.attach_lora; `model.backend: unsloth` loads through
-cordlite.models.unsloth_backend instead.
+cordlite.models.lora.attach_lora.
 """
 
 from __future__ import annotations
@@ -38,10 +37,6 @@ def bnb_config(quant: QuantizationConfig, compute_dtype: torch.dtype, keep: tupl
 
 def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
     """Load the checkpoint's family class and its processor; every base weight frozen."""
-    if model_cfg.backend == "unsloth":
-        from cordlite.models.unsloth_backend import load_unsloth  # never imported unless asked for
-
-        return load_unsloth(model_cfg, quant, rt)
     from cordlite.models.families import FamilyError, detect_family, mark_family
 
     path = model_cfg.name_or_path
@@ -59,7 +54,9 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
     bnb = bnb_config(quant, rt.compute_dtype, family.skip_modules())
     if bnb is not None:
         kwargs["quantization_config"] = bnb
-        kwargs["device_map"] = {"": rt.device.index or 0} if rt.device.type == "cuda" else {"": "cpu"}
+    # Every weight is read straight onto the run's device, shard by shard: a bf16 7B base never sits
+    # in host memory whole (17 GB) before moving to the GPU.
+    kwargs["device_map"] = {"": rt.device.index or 0} if rt.device.type == "cuda" else {"": "cpu"}
     try:
         model = family.transformers_class().from_pretrained(path, **kwargs)
         processor = family.load_processor(path, model_cfg.revision)
@@ -69,8 +66,6 @@ def load_base(model_cfg: ModelConfig, quant: QuantizationConfig, rt: Runtime):
         raise ModelLoadError(f"model.name_or_path: cannot load {path!r} ({e}). Use a local checkpoint directory "
                              f"or a hub id reachable from this machine (e.g. {family.smallest}).") from None
     mark_family(model, family)
-    if bnb is None:
-        model.to(rt.device)
     processor.tokenizer.padding_side = "left"  # completions must start at the same column in both views
     for p in model.parameters():
         p.requires_grad_(False)

@@ -20,10 +20,6 @@ from cordlite.models.targets import lora_target_regex
 
 def attach_lora(model, lora: LoraConfig, rt: Runtime, seed: int = 0):
     """Wrap the frozen base with trainable LoRA adapters (peft); returns the PeftModel."""
-    if getattr(model, "_cordlite_backend", None) == "unsloth":  # set by cordlite.models.unsloth_backend.load_unsloth
-        from cordlite.models.unsloth_backend import attach_lora_unsloth
-
-        return attach_lora_unsloth(model, lora, rt, seed)
     from peft import LoraConfig as PeftLoraConfig
 
     from cordlite.models.families import family_of

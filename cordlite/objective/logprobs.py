@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from cordlite.models.families import decoder_kwargs, family_of, forward_inputs, logit_softcap
+from cordlite.models.kv_cache import grad_pass_cache, keep_cache_under_checkpointing
 from cordlite.models.lora import base_of
 from cordlite.models.sampling import cache_kwarg
 from cordlite.objective.losses import forward_kl_per_token, reverse_kl_per_token
@@ -57,24 +58,25 @@ def shared_prompt_hidden(
     the language model runs each prompt once, and the rows continue from its keys and values
     (gathered by `source`, so their gradients add up on the shared prompt), not from n copies of it.
     The audio prompt is most of a row's tokens, so the gradient pass costs about B prompts plus n
-    completions instead of n of both. Mathematically the same causal attention; the needs: merged
-    embeddings or token ids (no audio features), and no gradient checkpointing (it drops caches)."""
+    completions instead of n of both. Mathematically the same causal attention. Under gradient
+    checkpointing too: the cache is replay-safe (models.kv_cache.grad_pass_cache), so the layers
+    keep it while backward recomputes them. Needs merged embeddings or token ids (no audio features)."""
     base = base_of(model)
     lm = family_of(base).lm(base)
     p_mask = prompt["attention_mask"]  # [B, P]
     embeds = prompt["inputs_embeds"] if "inputs_embeds" in prompt else base.model.get_input_embeddings()(
         prompt["input_ids"])  # [B, P, H]
     p_pos = (p_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [B, P], as generate() counts them
-    out = lm(inputs_embeds=embeds, attention_mask=p_mask, position_ids=p_pos, use_cache=True,
-             **decoder_kwargs(base, prompt["input_ids"]))
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
-    cache.batch_select_indices(source)  # [n, heads, P, d] per layer: differentiable gathers
-    mask = torch.cat([p_mask.index_select(0, source), completion_mask.to(p_mask.dtype)], dim=1)  # [n, P+L]
-    pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, p_mask.shape[1]:]  # [n, L]
-    completion = base.model.get_input_embeddings()(completion_ids).to(embeds.dtype)  # [n, L, H]
-    kwargs = {cache_kwarg(type(lm)): cache}
-    hidden = lm(inputs_embeds=completion, attention_mask=mask, position_ids=pos, use_cache=True,
-                **kwargs, **decoder_kwargs(base, completion_ids)).last_hidden_state  # [n, L, H]
+    cache = grad_pass_cache(base.config)
+    name = cache_kwarg(type(lm))
+    with keep_cache_under_checkpointing(lm):
+        out = lm(inputs_embeds=embeds, attention_mask=p_mask, position_ids=p_pos, use_cache=True, **{name: cache},
+                 **decoder_kwargs(base, prompt["input_ids"]))
+        mask = torch.cat([p_mask.index_select(0, source), completion_mask.to(p_mask.dtype)], dim=1)  # [n, P+L]
+        pos = (mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, p_mask.shape[1]:]  # [n, L]
+        completion = base.model.get_input_embeddings()(completion_ids).to(embeds.dtype)  # [n, L, H]
+        hidden = lm(inputs_embeds=completion, attention_mask=mask, position_ids=pos, use_cache=True,
+                    **{name: cache.continuation(source)}, **decoder_kwargs(base, completion_ids)).last_hidden_state
     first = out.last_hidden_state[:, -1].index_select(0, source)  # [n, H]: predicts completion token 0
     return torch.cat([first.unsqueeze(1), hidden[:, :-1]], dim=1)
 

@@ -1,16 +1,18 @@
-"""One CORD step on a micro-batch: a no-grad collection phase, then the grad loss.
+"""One CORD step: a no-grad collection phase for the step's prompts, then the grad loss per micro-batch.
 
 loss.objective: sft / forward_kl (the paper's off-policy baselines) replace the student's rollouts
 by group_size + 1 teacher rollouts on the text view and the token term by the NLL / forward KL
 along them; everything else below is loss.objective: cord.
 
-collect (eval mode, no grad)
+collect (eval mode, no grad; the trainer calls it once for all the prompts of its optimizer step)
   references   text-view answers of the teacher (greedy by default), cached per example id
   rollouts     student (adapters ON, audio view): N at group_temperature for GRPO, plus one at
-               distill_temperature for the token-level KL (or the N shared, by option)
-  teacher      with adapters_off(model): full-vocab log-probs of the text view + the same tokens
+               distill_temperature for the token-level KL (or the N shared, by option); every
+               prompt's rows in one decode loop where the KV budget allows (models.sampling)
   rewards      judge(rollout, reference) in {0, 1};  advantages A = r - mean(r) per group
-loss (train mode, grad)
+score_teacher (no grad; per micro-batch in training: its [n, L, V] log-probs are the large part)
+  teacher      with adapters_off(model): full-vocab log-probs of the text view + the same tokens
+loss (train mode, grad; per micro-batch: Collected.prompts)
   student hidden states on audio view + completions (one forward for all rows)
   L_tok = mean_seq sum_t w_t D_t,  w = cord_token_weights(D.detach())    (method doc, token level)
   L_seq = -(1/N) sum_i A_i log p(y_i | x_a)                              (method doc, sequence level)
@@ -22,83 +24,28 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from cordlite.config import Recipe
 from cordlite.data import Example, ViewBatch
-from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.rewards import Judge, JudgeItem, rule_rewards
-from cordlite.models.audio_view import FrameCache, encode_audio, encoder_is_frozen, prompt_embeds
+from cordlite.models.audio_view import FrameCache, encode_each, encoder_is_frozen, prompt_embeds
 from cordlite.models.families import family_of
 from cordlite.models.lora import adapters_off, base_of
 from cordlite.models.runtime import Runtime
-from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
-from cordlite.models.tokens import audio_special_token_ids, end_token_ids
+from cordlite.models.sampling import Rollouts, pad_right, random_keys, repeat_rows, sample
 from cordlite.objective.advantages import group_advantages
+from cordlite.objective.collected import Collected
+from cordlite.objective.references import ReferenceStore, Tokens, sampling_key
 from cordlite.objective.logprobs import completion_hidden, full_logprobs, shared_prompt_hidden, student_token_terms
 from cordlite.objective.losses import policy_gradient_loss, sft_loss, weighted_token_loss
 from cordlite.objective.weights import cord_token_weights
 
 
-@dataclass
-class Tokens:
-    """Token ids the step needs from the tokenizer."""
-
-    end_ids: list[int]
-    pad_id: int
-    blocked_ids: list[int]
-
-    @classmethod
-    def of(cls, model, tokenizer) -> "Tokens":
-        end = end_token_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end[-1]
-        return cls(end, pad, audio_special_token_ids(tokenizer))
-
-
-class ReferenceStore:
-    """Text-view reference answers by example id. With the frozen-base teacher they never change,
-    so they are generated once and appended to a JSONL file that survives resume."""
-
-    def __init__(self, path: Path | None, write: bool = True):
-        self.path = path
-        self.write = write  # under data parallelism only rank 0 appends; the others read
-        self.answers: dict[str, str] = {}
-        if path is not None:  # a line cut short by a kill is skipped (read_jsonl): that answer is made again
-            self.answers.update((r["id"], r["reference"]) for r in read_jsonl(path) if "id" in r and "reference" in r)
-
-    def add(self, pairs: list[tuple[str, str]]) -> None:
-        """Record (example id, answer) pairs (one append to the file)."""
-        self.answers.update(pairs)
-        if self.path is not None and self.write:
-            append_jsonl(self.path, [{"id": i, "reference": text} for i, text in pairs])
-
-    def missing(self, examples: list[Example]) -> list[Example]:
-        """The examples (each once) without an answer yet."""
-        return [ex for ex in {ex.id: ex for ex in examples}.values() if ex.id not in self.answers]
-
-
-@dataclass
-class Collected:
-    """Everything the loss needs, produced without grad."""
-
-    views: ViewBatch
-    source: torch.Tensor  # [n] prompt row of each student row
-    completion_ids: torch.Tensor  # [n, L]
-    completion_mask: torch.Tensor  # [n, L]
-    n_distill: int  # rows [0, n_distill) train the token-level KL
-    group_start: int  # rows [group_start, n) train the GRPO term
-    teacher_lp: torch.Tensor | None  # [n_distill, L, V]
-    advantages: torch.Tensor | None  # [n - group_start]
-    stats: dict[str, float] = field(default_factory=dict)
-    audio_frames: tuple[torch.Tensor, torch.Tensor] | None = None  # a frozen encoder's output, reused by the loss
-
-
 def _autocast(rt: Runtime):
     if rt.autocast and rt.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=rt.amp_dtype)
     return contextlib.nullcontext()
 
 
@@ -124,6 +71,12 @@ def _rows(r: Rollouts, index: torch.Tensor) -> Rollouts:
     return Rollouts(r.completion_ids[index], r.completion_mask[index], r.finished[index], r.source[index])
 
 
+def kv_budget(recipe: Recipe) -> int | None:
+    """rollout.kv_budget_gb in bytes; None (unset) lets each call take half the free memory."""
+    gb = recipe.rollout.kv_budget_gb
+    return None if gb is None else int(gb * 1e9)
+
+
 @torch.no_grad()
 def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
                       store: ReferenceStore) -> tuple[list[str], int]:
@@ -139,38 +92,48 @@ def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Ru
 
 @torch.no_grad()
 def generate_references(model, tokenizer, text: dict[str, torch.Tensor], examples: list[Example], recipe: Recipe,
-                        rt: Runtime, tokens: Tokens, store: ReferenceStore) -> int:
+                        rt: Runtime, tokens: Tokens, store: ReferenceStore, calls: list | None = None) -> int:
     """The teacher's text-view answers to `examples` (their text views `text`) into the store; the
     number of tokens generated. The trainer calls it ahead for the examples of the coming steps:
-    one generate call for many rows costs about what one for a step's few rows does."""
+    one decode loop for many rows costs about what one for a step's few rows does. Sampled
+    references (reference_decoding: sample) draw from a key of (seed, example id)."""
+    keys = torch.tensor([sampling_key("reference", recipe.train.seed, ex.id) for ex in examples], device=rt.device)
     with _teacher(model, recipe), _autocast(rt):
         r = sample(model, text, 1, temperature=1.0, max_new_tokens=recipe.rollout.max_new_tokens,
                    end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids,
-                   greedy=recipe.rollout.reference_decoding == "greedy")
+                   greedy=recipe.rollout.reference_decoding == "greedy", keys=keys, kv_budget=kv_budget(recipe),
+                   calls=calls)
     store.add([(ex.id, answer) for ex, answer in zip(examples, _decode(tokenizer, r))])
     return int(r.completion_mask.sum())
 
 
 @torch.no_grad()
 def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
-            store: ReferenceStore, judge: Judge | None = None, frames: FrameCache | None = None) -> Collected:
-    """`judge` (cordlite.judge.rewards.judge_for_recipe, built once per run) decides rewards; without one,
-    only judge.mode: rules is possible. `frames` (data.frames: a frozen encoder's frames per clip id)
-    replaces the encoder for the clips it holds."""
+            store: ReferenceStore, judge: Judge | None = None, frames: FrameCache | None = None,
+            keys: torch.Tensor | None = None, score: bool = True) -> Collected:
+    """Rollouts, rewards and advantages of the B prompts of `views`. `judge`
+    (cordlite.judge.rewards.judge_for_recipe, built once per run) decides rewards; without one, only
+    judge.mode: rules is possible. `frames` (data.frames: a frozen encoder's frames per clip id)
+    replaces the encoder for the clips it holds. `keys` [B]: the prompts' sampling keys (the trainer's
+    are pure functions of seed, step and place; unset, drawn from torch's generator). `score`: also
+    the teacher's log-probs (score_teacher) for all B prompts; the trainer scores per micro-batch."""
     model.eval()
     ro, lo = recipe.rollout, recipe.loss
     timings: dict[str, float] = {}
     t0 = _clock(rt)
     use_tok, use_seq = lo.lambda_tok > 0, lo.lambda_seq > 0
+    if keys is None:
+        keys = random_keys(len(views.examples), rt.device)
     parts: list[Rollouts] = []
+    calls: list[dict] = []
     common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
-                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
+                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p, keys=keys, kv_budget=kv_budget(recipe), calls=calls)
     encoded = None
     if ro.encode_audio_once and encoder_is_frozen(model):
         # Nothing trains in the encoder: its output now is its output in the gradient pass too.
         with _autocast(rt):
             encoded = (frames.frames_of(model, [ex.id for ex in views.examples], views.audio) if frames is not None
-                       else encode_audio(model, views.audio["input_features"], views.audio["feature_attention_mask"]))
+                       else encode_each(model, views.audio["input_features"], views.audio["feature_attention_mask"]))
     if lo.objective != "cord":
         # The paper's baselines: the teacher's own text-view answers, as many as cord samples.
         with _teacher(model, recipe), _autocast(rt):
@@ -179,8 +142,8 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
         with _autocast(rt):
             audio = prompt_embeds(model, views.audio, encoded) if ro.encode_audio_once else views.audio
             if use_tok and not ro.share_rollouts and use_seq:
-                # The distillation rollout and the group in one generate call (one temperature per
-                # row), then ordered as the two calls would give them: B distillation rows first.
+                # The distillation rollout and the group in one decode loop (one temperature per
+                # row), then ordered as two calls would give them: B distillation rows first.
                 both = sample(model, audio, 1 + ro.group_size, **common,
                               temperature=[ro.distill_temperature] + [ro.group_temperature] * ro.group_size)
                 first = torch.arange(0, both.source.shape[0], 1 + ro.group_size, device=both.source.device)  # [B]
@@ -202,15 +165,6 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     else:
         n_distill = parts[0].completion_ids.shape[0] if use_tok else 0
         group_start = n_distill
-
-    teacher_lp = None
-    t0 = _clock(rt)
-    if use_tok and lo.objective != "sft":
-        text_prompt = repeat_rows(views.text, source[:n_distill])
-        with _teacher(model, recipe), _autocast(rt):
-            hidden = completion_hidden(model, text_prompt, ids[:n_distill], mask[:n_distill])
-            teacher_lp = full_logprobs(model, hidden, lo.kl_chunk_size)  # [n_distill, L, V]
-    timings["teacher_s"] = _clock(rt) - t0
 
     advantages = None
     stats: dict[str, float] = {}
@@ -241,12 +195,40 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
 
     lengths = mask.sum(dim=1).float()
     stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
-                 truncated_frac=1.0 - finished.float().mean().item(), **timings)
-    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats, encoded)
+                 truncated_frac=1.0 - finished.float().mean().item(), generate_calls=float(len(calls)),
+                 kv_cache_gb=max((c["kv_bytes"] for c in calls), default=0) / 1e9,
+                 decode_positions=float(sum(c["rows"] * c["steps"] for c in calls)),
+                 prefill_positions=float(sum(c["prompts"] * c["prompt_len"] for c in calls)), **timings)
+    c = Collected(views, source, ids, mask, n_distill, group_start, None, advantages, stats, encoded)
+    return score_teacher(model, c, recipe, rt) if score else c
 
 
-def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torch.Tensor, dict[str, float]]:
-    """The grad part of the step: L = lambda_tok L_tok + lambda_seq L_seq on one micro-batch."""
+@torch.no_grad()
+def score_teacher(model, c: Collected, recipe: Recipe, rt: Runtime) -> Collected:
+    """`c` with the teacher's full-vocabulary log-probs of its distillation rows (text view + the same
+    tokens, adapters off), where the objective has a token-level divergence; stats gain teacher_s."""
+    lo = recipe.loss
+    t0 = _clock(rt)
+    if lo.lambda_tok > 0 and lo.objective != "sft" and c.n_distill:
+        model.eval()
+        d = slice(0, c.n_distill)
+        text_prompt = repeat_rows(c.views.text, c.source[d])
+        with _teacher(model, recipe), _autocast(rt):
+            hidden = completion_hidden(model, text_prompt, c.completion_ids[d], c.completion_mask[d])
+            c.teacher_lp = full_logprobs(model, hidden, lo.kl_chunk_size)  # [n_distill, L, V]
+        width = c.completion_ids.shape[1]
+        c.stats["teacher_positions"] = c.stats.get("teacher_positions", 0.0) + c.n_distill * (
+            text_prompt["input_ids"].shape[1] + width)
+        c.stats["teacher_head_positions"] = c.stats.get("teacher_head_positions", 0.0) + c.n_distill * width
+    c.stats["teacher_s"] = c.stats.get("teacher_s", 0.0) + _clock(rt) - t0
+    return c
+
+
+def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime,
+                 share_prompt: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """The grad part of the step: L = lambda_tok L_tok + lambda_seq L_seq on one micro-batch.
+    `share_prompt` False runs every row's prompt again (the layout before the shared prompt pass; for
+    comparisons): the same loss and gradients."""
     model.train()
     # The frozen audio encoder stays in eval mode: its dropout/layerdrop must not perturb the student.
     family_of(model).audio_tower(base_of(model)).eval()
@@ -259,14 +241,18 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime) -> tuple[torc
         audio = c.views.audio
         if recipe.rollout.encode_audio_once:
             audio = prompt_embeds(model, audio, c.audio_frames)
-        if recipe.rollout.encode_audio_once and not rt.gradient_checkpointing:
-            # Each prompt runs once; its rows continue from its keys and values.
+        n, width = c.completion_ids.shape
+        prompt_len = audio["attention_mask"].shape[1]
+        if recipe.rollout.encode_audio_once and share_prompt:
+            # Each prompt runs once; its rows continue from its keys and values (checkpointing or not).
             hidden = shared_prompt_hidden(model, audio, c.source, c.completion_ids, c.completion_mask)  # [n, L, H]
+            positions = len(c.views.examples) * prompt_len + n * width
         else:
             hidden = completion_hidden(model, repeat_rows(audio, c.source), c.completion_ids,
                                        c.completion_mask)  # [n, L, H]
+            positions = n * (prompt_len + width)
     loss = hidden.new_zeros((), dtype=torch.float32)
-    stats: dict[str, float] = {}
+    stats: dict[str, float] = {"grad_positions": float(positions), "grad_head_positions": float(n * width)}
     token_lp_d = None
     if lo.objective == "sft":
         with _autocast(rt):

@@ -140,7 +140,8 @@ def _join_optimizer(meta: dict, tensors: dict[str, torch.Tensor], like: dict) ->
 # --- save and load ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, meta: dict, keep_last: int) -> Path:
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, meta: dict, keep_last: int,
+                    scaler=None) -> Path:
     from safetensors.torch import save_file
 
     final = checkpoint_dir(root, step)
@@ -155,7 +156,8 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, meta: di
     save_file(rng_tensors, str(tmp / RNG_FILE))
     try:
         text = json.dumps({"format": FORMAT, "step": step, "scheduler": scheduler.state_dict(),
-                           "optimizer": opt_meta, "rng": rng_meta}, indent=1)
+                           "optimizer": opt_meta, "rng": rng_meta,
+                           "scaler": scaler.state_dict() if scaler is not None else None}, indent=1)
     except TypeError as e:  # a scheduler or optimizer holding something JSON cannot say
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: the training state is not plain data ({e}); "
@@ -183,8 +185,9 @@ def _refuse_pickles(path: Path) -> None:
                 "earlier checkpoint")
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
-    """Restore adapter weights, optimizer, scheduler and RNG; return the number of steps done.
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler=None) -> int:
+    """Restore adapter weights, optimizer, scheduler, RNG and (fp16 runs) the loss scaler; return the
+    number of steps done.
     Reads JSON and safetensors only; refuses a checkpoint that holds a pickle file."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -209,6 +212,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     try:
         optimizer.load_state_dict(_join_optimizer(state["optimizer"], opt_tensors, optimizer.state_dict()))
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"], rng_tensors)
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{path}: the training state does not fit this run ({type(e).__name__}: {e}); "

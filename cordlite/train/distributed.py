@@ -27,11 +27,18 @@ from dataclasses import dataclass
 import torch
 
 
+class CollectiveDeviceError(RuntimeError):
+    """A tensor handed to a collective on another device than the process group's (NCCL takes CUDA
+    tensors of this process's GPU only; gloo CPU tensors only)."""
+
+
 @dataclass(frozen=True)
 class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    """Where this process's collectives run: cuda:LOCAL_RANK under NCCL, cpu under gloo."""
 
     @property
     def main(self) -> bool:
@@ -41,9 +48,19 @@ class Dist:
     def enabled(self) -> bool:
         return self.world > 1
 
+    def _all_reduce(self, t: torch.Tensor, op) -> None:
+        """Every tensor collective of cordlite goes through here: refused unless on this process's device."""
+        if t.device != self.device:
+            raise CollectiveDeviceError(f"a {t.device} tensor handed to all_reduce; this process's collectives run on "
+                                        f"{self.device}")
+        torch.distributed.all_reduce(t, op=op)
+
     def barrier(self) -> None:
         if self.enabled:
-            torch.distributed.barrier()
+            if self.device.type == "cuda":  # NCCL: on this process's GPU, not on a guess of it
+                torch.distributed.barrier(device_ids=[self.device.index])
+            else:
+                torch.distributed.barrier()
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum each parameter's gradient over ranks (each rank's loss already carries its 1/B share)."""
@@ -51,7 +68,7 @@ class Dist:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads])
-        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        self._all_reduce(flat, torch.distributed.ReduceOp.SUM)
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
@@ -59,7 +76,8 @@ class Dist:
             offset += n
 
     def gather(self, obj):
-        """Every rank's `obj`, in rank order (a list of one on a single process)."""
+        """Every rank's `obj`, in rank order (a list of one on a single process). Pickled objects: NCCL
+        moves them through the current CUDA device, which init_distributed set to this process's."""
         if not self.enabled:
             return [obj]
         out = [None] * self.world
@@ -70,8 +88,8 @@ class Dist:
         """True on every rank when it is True on some rank (agreeing on a stop)."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1.0 if flag else 0.0])
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        self._all_reduce(t, torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
 
@@ -79,8 +97,9 @@ _UNSUPPORTED = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "Deep
                 "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
-def init_distributed() -> Dist:
-    """Join the process group the launcher set up; a plain single process when there is none."""
+def init_distributed(cuda: bool | None = None) -> Dist:
+    """Join the process group the launcher set up; a plain single process when there is none.
+    `cuda` (default: whether torch sees a GPU): NCCL on cuda:LOCAL_RANK, else gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for var, name in _UNSUPPORTED.items():
         if os.environ.get(var, "").lower() == "true":
@@ -90,12 +109,15 @@ def init_distributed() -> Dist:
     if world <= 1:
         return Dist()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group(backend=backend)
-    return Dist(rank, world, local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.distributed.init_process_group(backend="nccl", device_id=device)
+        else:
+            torch.distributed.init_process_group(backend="gloo")
+    return Dist(rank, world, local_rank, device)
 
 
 def launch(num_processes: int, argv: list[str]) -> int:

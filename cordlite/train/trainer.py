@@ -4,13 +4,15 @@
     accelerate launch --multi_gpu --num_processes 4 -m cordlite train RECIPE   (data parallel)
 
 setup (runtime, data, model + LoRA, optimizer, schedule, resume) -> for each step: take the
-step's global batch, this rank's shard of it, per micro-batch seed + collect (no grad) + loss +
-backward, sum gradients over ranks, clip, optimizer step, log one metrics.jsonl line, checkpoint
-every k steps -> final adapter in RUN/adapter.
+step's global batch and this rank's shard of it, collect its rollouts, rewards and advantages
+together (no grad: every prompt's rows in one decode loop where rollout.kv_budget_gb allows), then
+per micro-batch the teacher's log-probs + loss + backward, sum gradients over ranks, clip,
+optimizer step, log one metrics.jsonl line, checkpoint every k steps -> final adapter in RUN/adapter.
 
-Prompts and sampling seeds are pure functions of (seed, step, micro-batch), never of the rank
-layout: 2 ranks x b prompts make the same update as 1 rank x 2b prompts with micro-batches of b,
-and a run resumes on any number of ranks. SIGINT/SIGTERM save a checkpoint of the last completed
+Prompts and sampling keys are pure functions of (seed, step, the prompt's place in the global
+batch), never of the rank layout, the micro-batch size or how generate calls are split: 2 ranks x b
+prompts make the same update as 1 rank x 2b prompts with micro-batches of b, and a run resumes on
+any number of ranks. SIGINT/SIGTERM save a checkpoint of the last completed
 step and exit; `--resume` continues at the next step with the same prompts and seeds.
 """
 
@@ -35,18 +37,21 @@ from cordlite.models.audio_view import FrameCache, FrameStoreError, encoder_dige
 from cordlite.models.load import load_base
 from cordlite.models.lora import attach_lora, trainable_parameters
 from cordlite.models.runtime import resolve_runtime
-from cordlite.objective.step import (ReferenceStore, Tokens, batch_examples, collect, compute_loss,
-                                     generate_references)
+from cordlite.objective.references import ReferenceStore, Tokens, step_keys
+from cordlite.objective.step import batch_examples, collect, compute_loss, generate_references, score_teacher
 from cordlite.recipe import dump_recipe, recipe_to_dict
 from cordlite.train.checkpoint import (CheckpointError, clean_checkpoints, latest_checkpoint, load_checkpoint,
                                       save_checkpoint)
 from cordlite.train.distributed import Dist, init_distributed
+from cordlite.train.meter import linear_sizes, peak_flops, peak_memory_gb, reset_peak_memory, step_flops
 
 METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
                "weight_max", "tokens_generated", "step_seconds")
 _SUMMED = {"tokens_generated", "reference_tokens", "rollout_s", "teacher_s", "judge_s", "forward_s",
-           "judge_by_rules", "judge_by_llm", "judge_cache_hits", "judge_unparseable"}
-_MAXED = {"kl_max", "weight_max"}
+           "judge_by_rules", "judge_by_llm", "judge_cache_hits", "judge_unparseable", "generate_calls",
+           "prefill_positions", "decode_positions", "teacher_positions", "teacher_head_positions", "grad_positions",
+           "grad_head_positions", "reference_calls", "reference_positions", "reference_decode_positions"}
+_MAXED = {"kl_max", "weight_max", "kv_cache_gb", "reference_kv_cache_gb"}
 
 
 class TrainError(RuntimeError):
@@ -204,21 +209,22 @@ REFERENCE_BATCH = 64  # text-view references generated together, for the coming 
 
 
 def _prefetch_references(model, processor, examples: list[Example], recipe: Recipe, rt, tokens: Tokens,
-                         store: ReferenceStore, step: int, per_rank: int, rank: int) -> float:
+                         store: ReferenceStore, step: int, per_rank: int, rank: int) -> dict[str, float]:
     """When a prompt of this step has no text-view reference yet, generate those of every prompt of
-    its block of steps in one call (blocks of REFERENCE_BATCH // per_rank steps from step 0: the
-    data order is known in advance, and fixed blocks make a resumed run generate what an unbroken
-    one did). Only for the frozen-base teacher, whose references never change. Seconds taken."""
+    its block of steps (blocks of REFERENCE_BATCH // per_rank steps from step 0: the data order is
+    known in advance, and fixed blocks make a resumed run generate what an unbroken one did), in as
+    few generate calls as rollout.kv_budget_gb allows. Only for the frozen-base teacher, whose
+    references never change. Its seconds and the positions it ran (for the step's FLOPs)."""
     t = recipe.train
     if recipe.loss.lambda_seq <= 0 or recipe.loss.teacher != "base":
-        return 0.0
+        return {}
 
     def mine(s: int) -> list[Example]:
         idx = batch_indices(len(examples), t.batch_size, s, t.seed, recipe.data.shuffle)
         return [examples[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
 
     if not store.missing(mine(step)):
-        return 0.0
+        return {}
     t0 = time.perf_counter()
     block = max(1, REFERENCE_BATCH // per_rank)
     first = step // block * block
@@ -226,13 +232,17 @@ def _prefetch_references(model, processor, examples: list[Example], recipe: Reci
     ahead = store.missing([ex for s in range(first, first + block) for ex in mine(s)])
     text = {k: v.to(rt.device) for k, v in text_views(processor, ahead, recipe.data.instruction,
                                                       recipe.data.system_prompt).items()}
-    generate_references(model, processor.tokenizer, text, ahead, recipe, rt, tokens, store)
-    return time.perf_counter() - t0
+    calls: list[dict] = []
+    generate_references(model, processor.tokenizer, text, ahead, recipe, rt, tokens, store, calls=calls)
+    return {"references_s": time.perf_counter() - t0, "reference_calls": float(len(calls)),
+            "reference_kv_cache_gb": max(c["kv_bytes"] for c in calls) / 1e9,
+            "reference_positions": float(sum(c["prompts"] * c["prompt_len"] + c["rows"] * c["steps"] for c in calls)),
+            "reference_decode_positions": float(sum(c["rows"] * c["steps"] for c in calls))}
 
 
 def train(recipe: Recipe, resume: bool = False) -> Path:
     """Run CORD as the recipe says; returns the run directory."""
-    dist = init_distributed()
+    dist = init_distributed(cuda=recipe.model.device != "cpu" and torch.cuda.is_available())
     run_dir = Path(recipe.output.dir)
     ckpt_root = run_dir / "checkpoints"
     if dist.main:
@@ -267,16 +277,24 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
             raise ManifestError(clip_problems_message(Path(recipe.data.train_manifest), too_long, what="row(s)"))
     if dist.main:
         write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
+        write_text_atomic(run_dir / "runtime.json", json.dumps({**rt.describe(), "world_size": dist.world,
+                                                                 "versions": _versions()}, indent=2) + "\n")
+        if rt.loss_scaling and recipe.train.mixed_precision == "auto":
+            print(f"note: {rt.describe()['device_name']} has no native bf16: training in fp16 with loss scaling "
+                  "(RUN/runtime.json)", file=sys.stderr)
 
     params = [p for _, p in trainable_parameters(model)]
     o, t = recipe.optim, recipe.train
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.schedule))
+    # fp16 autocast (GPUs without bf16): the loss is scaled before backward so small gradients do not
+    # flush to zero, and unscaled before clipping; a step whose gradients overflowed is skipped.
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.loss_scaling else None
     done = 0
     if resume and existing is not None:
         try:
-            done = load_checkpoint(existing, model, optimizer, scheduler)
+            done = load_checkpoint(existing, model, optimizer, scheduler, scaler)
         except CheckpointError as e:
             raise TrainError(str(e)) from None
         if dist.main:
@@ -290,7 +308,8 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     store = ReferenceStore(run_dir / "reference_answers.jsonl" if recipe.loss.teacher == "base" else None,
                            write=dist.main)
     judge = judge_for_recipe(recipe, model, tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
-    audio_cache = AudioCache(recipe.data.max_audio_seconds)
+    audio_cache = AudioCache(recipe.data.max_audio_seconds, recipe.data.audio_cache_mb)
+    sizes, peak = linear_sizes(model), peak_flops(rt.device)
     frames = _frame_store(recipe, model)
     counts = frames.counts() if frames is not None else None  # stored clips need no audio read
     progress = None
@@ -301,7 +320,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
 
     def checkpoint(step: int) -> None:
         if dist.main:
-            save_checkpoint(ckpt_root, step, model, optimizer, scheduler, meta, recipe.output.keep_last)
+            save_checkpoint(ckpt_root, step, model, optimizer, scheduler, meta, recipe.output.keep_last, scaler)
         dist.barrier()
 
     metrics = metrics_path.open("a", encoding="utf-8") if dist.main else None
@@ -309,37 +328,60 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
         try:
             for step in range(done, t.max_steps):
                 t0 = time.perf_counter()
+                reset_peak_memory(rt.device)
                 indices = batch_indices(len(examples), t.batch_size, step, t.seed, recipe.data.shuffle)
-                mine = indices[dist.rank * per_rank : (dist.rank + 1) * per_rank]
+                first = dist.rank * per_rank
+                mine = indices[first : first + per_rank]
                 optimizer.zero_grad(set_to_none=True)
-                parts = []
-                refs_s = _prefetch_references(model, processor, examples, recipe, rt, tokens, store, step, per_rank,
-                                              dist.rank)
+                prefetch = _prefetch_references(model, processor, examples, recipe, rt, tokens, store, step, per_rank,
+                                                dist.rank)
+                signals.check()
+                views = encode_views(processor, batch_examples(examples, mine), audio_cache, recipe.data.instruction,
+                                     recipe.data.system_prompt, counts).to(rt.device)
+                keys = step_keys(t.seed, step, list(range(first, first + per_rank)), rt.device)
+                # Every prompt of this rank's share of the step at once: rollouts, rewards, advantages.
+                collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge, frames, keys=keys,
+                                    score=False)
+                parts = [collected.stats]
                 for start in range(0, per_rank, t.micro_batch_size):
                     signals.check()
-                    torch.manual_seed(step_seed(t.seed, step, (dist.rank * per_rank + start) // t.micro_batch_size))
-                    chunk = batch_examples(examples, mine[start : start + t.micro_batch_size])
-                    views = encode_views(processor, chunk, audio_cache, recipe.data.instruction,
-                                         recipe.data.system_prompt, counts).to(rt.device)
-                    collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge, frames)
-                    loss, stats = compute_loss(model, collected, recipe, rt)
-                    (loss * (len(chunk) / t.batch_size)).backward()  # each rank's share of the global mean
-                    parts.append({**collected.stats, **stats})
+                    # LoRA dropout (the off-policy baselines only) draws from torch's generator.
+                    torch.manual_seed(step_seed(t.seed, step, (first + start) // t.micro_batch_size))
+                    part = score_teacher(model, collected.prompts(start, start + t.micro_batch_size), recipe, rt)
+                    loss, stats = compute_loss(model, part, recipe, rt)
+                    share = loss * (len(part.views.examples) / t.batch_size)  # each rank's share of the mean
+                    (scaler.scale(share) if scaler is not None else share).backward()
+                    parts.append({**part.stats, **stats})
+                    del part, loss
+                del collected, views
                 signals.check()  # parameters are still those of the last completed step
                 t1 = time.perf_counter()
                 dist.sum_gradients(params)
+                if scaler is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients
                 max_norm = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
                 lr = scheduler.get_last_lr()[0]
-                optimizer.step()
+                if scaler is not None:
+                    parts.append({"loss_scale": scaler.get_scale()})
+                    scaler.step(optimizer)  # skipped when the gradients overflowed; every rank agrees (same sums)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 scheduler.step()
+                parts.append(prefetch)
                 row = merge_stats([p for rank_parts in dist.gather(parts) for p in rank_parts])
-                row["references_s"] = refs_s
+                row.setdefault("references_s", 0.0)
                 done = step + 1
                 if dist.main:
+                    seconds = time.perf_counter() - t0
+                    flops = step_flops(*sizes, row)  # the row sums every rank's positions
                     row.update(step=done, lr=lr, grad_norm=grad_norm, optimizer_s=time.perf_counter() - t1,
-                               step_seconds=time.perf_counter() - t0, world_size=dist.world,
-                               global_batch=len(indices), prompt_ids=[examples[i].id for i in indices])
+                               step_seconds=seconds, world_size=dist.world, global_batch=len(indices),
+                               prompt_ids=[examples[i].id for i in indices],
+                               peak_memory_gb=peak_memory_gb(rt.device),
+                               tokens_per_s=row["tokens_generated"] / max(row["rollout_s"], 1e-9),
+                               tflops=flops / 1e12, mfu=flops / seconds / (peak * dist.world) if peak else None)
                     if rows_skipped is not None:
                         row["rows_skipped"] = rows_skipped
                     _log(metrics, row, progress)
@@ -391,6 +433,18 @@ def _stopped_at_once(signum: int, ckpt_root: Path, progress, dist: Dist) -> None
     raise SystemExit(128 + signum) from None
 
 
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def _log(metrics, row: dict, progress) -> None:
     for k in METRIC_KEYS:
         row.setdefault(k, 0.0)
@@ -400,4 +454,5 @@ def _log(metrics, row: dict, progress) -> None:
     if progress is not None:
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.3f}", reward=f"{row.get('reward_mean', 0):.2f}",
-                             kl=f"{row['kl_mean']:.3f}")
+                             kl=f"{row['kl_mean']:.3f}", s_step=f"{row['step_seconds']:.2f}",
+                             tok_s=f"{row['tokens_per_s']:.0f}")
