@@ -72,13 +72,23 @@ QWEN2_AUDIO_7B = Arch(
     rms_norm_eps=1e-5, audio_d_model=1280, audio_layers=32, audio_heads=20, audio_ffn_dim=5120, num_mel_bins=128,
     max_source_positions=1500,
 )
+# The mid-size CPU benchmark: Qwen2's real vocabulary (151,936 rows) at 1,024 wide, 4 layers of 16 heads
+# with as many key/value heads (no GQA, like the 7B), and a Whisper-small-shaped encoder (768 wide, 12
+# layers, 12 heads, FFN 3072) with Qwen2-Audio's 128 mel bins: 0.45 B parameters, of which the
+# embedding and LM head are 0.31 B, as large a share as in the 7B's decode. Small enough to step on 2 cores.
+QWEN2_AUDIO_MID = Arch(
+    name="qwen2audio-mid", vocab_size=151936, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+    num_attention_heads=16, num_key_value_heads=16, rope_theta=10000.0, max_position_embeddings=8192,
+    rms_norm_eps=1e-5, audio_d_model=768, audio_layers=12, audio_heads=12, audio_ffn_dim=3072, num_mel_bins=128,
+    max_source_positions=1500,
+)
 # cordlite.models.tiny.TinySpec's shapes with a 30 s audio window (max_source_positions 1500 like the 7B).
 TINY = Arch(
     name="tiny", vocab_size=None, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=4, rope_theta=10000.0, max_position_embeddings=8192, rms_norm_eps=1e-5, audio_d_model=64,
     audio_layers=2, audio_heads=4, audio_ffn_dim=128, num_mel_bins=128, max_source_positions=1500,
 )
-ARCHS = {"7b": QWEN2_AUDIO_7B, "tiny": TINY}
+ARCHS = {"7b": QWEN2_AUDIO_7B, "mid": QWEN2_AUDIO_MID, "tiny": TINY}
 
 
 def _processor_source(cache: Path) -> Path:

@@ -1,17 +1,16 @@
-"""Decode roofline and memory arithmetic for the step benchmark.
-
-    python -m benchmarks.step_memory_speed --estimate        (prints estimate_step_memory for the 7B, no GPU)
+"""Decode roofline of the step benchmark: weight bytes read per decoded token, measured bandwidth.
 
 Decoding one token for a batch reads every language-model weight once (the batch shares the
-read), so at batch 1 the fastest possible decode is
+read), so the fastest possible decode step is
 
-    tokens/s  <=  copy bandwidth (bytes/s)  /  weight bytes read per decoded token
+    seconds per step  >=  (weight bytes read per step + KV cache bytes read per step) / copy bandwidth
 
-`weight_bytes_per_token` sums the storage actually read per step: 4-bit packed weights plus
-their quantisation constants, the bf16 norms and biases, the LoRA matrices (the student decodes
-with adapters on), one embedding row per sequence (negligible) and the full bf16 LM head. The
-audio encoder and projector run once per prompt (prefill), not per token, and are left out.
-The KV cache read grows with the context and is reported beside it, not in the bound.
+`weight_bytes_per_token` sums the storage of the loaded model: 4-bit packed weights plus their
+quantisation constants, the bf16 norms and biases, the LoRA matrices (the student decodes with
+adapters on), one embedding row per sequence (negligible) and the full bf16 LM head. That is what a
+step reads while bitsandbytes' fused 4-bit kernel serves the call's rows; past its row limit a
+weight is dequantised to bf16 first and read three times over (benchmarks/step_estimate.py has the
+limits and the 7B arithmetic). The audio encoder and projector run once per prompt, not per token.
 """
 
 from __future__ import annotations
@@ -61,13 +60,6 @@ def weight_bytes_per_token(model) -> dict[str, int]:
     return out
 
 
-def kv_bytes_per_position(config, dtype_bytes: int) -> int:
-    """Bytes of K and V cached per token position, all layers (read once per decode step)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return 2 * text.num_hidden_layers * text.num_key_value_heads * head_dim * dtype_bytes
-
-
 def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int | None = None) -> float:
     """Measured device-to-device copy bandwidth in bytes/s (each copy reads and writes nbytes)."""
     cuda = device.type == "cuda"
@@ -93,57 +85,14 @@ def copy_bandwidth(device: torch.device, nbytes: int | None = None, repeats: int
     return 2 * nbytes * repeats / seconds
 
 
-def decode_roofline(weight_bytes: int, bandwidth: float, per_sequence_tok_s: float,
-                    kv_bytes_group_step: float = 0.0) -> dict[str, float]:
-    """The batch-1 weight-read bound and how close the rollouts came; `kv_bytes_group_step` (the KV cache
-    the N-row group call reads per decode step at its mean context) gives the tighter bound of that call."""
+def decode_roofline(weight_bytes: int, bandwidth: float, steps_per_s: float, kv_bytes_step: float = 0.0) -> dict:
+    """The weight-read bound on decode steps per second and how close the rollouts came; `kv_bytes_step`
+    (the KV cache a rollout call reads per step, all its rows, at its mean context) gives the tighter
+    bound with the cache. Each decode step produces one token for every row of the call."""
     bound = bandwidth / weight_bytes if weight_bytes else 0.0
-    with_kv = bandwidth / (weight_bytes + kv_bytes_group_step) if weight_bytes else 0.0
-    return {"bandwidth_gb_s": bandwidth / GB, "weight_gb_per_token": weight_bytes / GB,
-            "bound_tok_s_batch1": bound, "achieved_per_sequence_tok_s": per_sequence_tok_s,
-            "fraction_of_bound": per_sequence_tok_s / bound if bound else 0.0,
-            "kv_gb_per_step_group_call": kv_bytes_group_step / GB, "bound_tok_s_group_call_with_kv": with_kv}
-
-
-def estimate_step_memory(arch, *, lora_r: int = 16, group_size: int = 4,
-                         n_distill: int = 1, audio_prompt_tokens: int = 790, text_prompt_tokens: int = 100,
-                         new_tokens: int = 200, kl_chunk: int = 32) -> dict[str, float]:
-    """Arithmetic estimate (GB) of one CORD micro-batch on an NF4 base with LoRA, by line item.
-
-    Weights and optimizer state stay for the whole step; the three phases (rollout, teacher
-    scoring, student loss) come one after another, so the peak is the resident part plus the
-    largest phase. Activations assume gradient checkpointing (the recipe's setting)."""
-    from benchmarks.random_checkpoint import parameter_counts
-
-    c = parameter_counts(arch)
-    h, f, L, V = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers, arch.vocab_size
-    kv = arch.num_key_value_heads * arch.head_dim
-    nf4 = c["lm_linear"] * (0.5 + 1 / 64) + c["lm_linear"] / 64 / 256 * 4  # packed + uint8 absmax + nested fp32
-    bf16 = 2 * (c["embed_tokens"] + c["lm_head"]), 2 * (c["audio_tower"] + c["projector"] + c["lm_other"])
-    lora = L * lora_r * (2 * (h + h) + 2 * (h + kv) + 3 * (h + f))  # q,o + k,v + gate,up,down (the recipe's 7)
-    kv_pos = 2 * L * kv * 2  # bf16 K and V per position
-    rows = n_distill + group_size
-    seq = audio_prompt_tokens + new_tokens
-    items = {
-        "weights_nf4_linear": nf4 / GB,
-        "weights_bf16_embed_and_head": bf16[0] / GB,
-        "weights_bf16_audio_projector_norms": bf16[1] / GB,
-        "lora_params_grads_adamw_fp32": 4 * 4 * lora / GB,
-        # rollout: the N group rollouts are one generate call; the distillation rollout is another
-        "rollout_kv_cache_group_call": group_size * seq * kv_pos / GB,
-        # Qwen2AudioForConditionalGeneration.forward has no logits_to_keep: prefill makes bf16 logits for every prompt token
-        "rollout_prefill_logits_bf16": group_size * audio_prompt_tokens * V * 2 / GB,
-        "teacher_logprobs_fp32": n_distill * new_tokens * V * 4 / GB,
-        "teacher_chunk_logits": n_distill * kl_chunk * V * 4 * 2 / GB,
-        "loss_checkpointed_layer_inputs": rows * seq * h * 2 * L / GB,
-        "loss_one_layer_recompute": rows * seq * (3 * f + 6 * h) * 2 / GB,
-        "loss_kl_chunk_with_grad": rows * kl_chunk * V * 4 * 4 / GB,
-    }
-    resident = sum(v for k, v in items.items() if k.startswith(("weights", "lora")))
-    rollout = items["rollout_kv_cache_group_call"] + items["rollout_prefill_logits_bf16"]
-    teacher = items["teacher_logprobs_fp32"] + items["teacher_chunk_logits"]
-    loss = (items["teacher_logprobs_fp32"] + items["loss_checkpointed_layer_inputs"]
-            + items["loss_one_layer_recompute"] + items["loss_kl_chunk_with_grad"])
-    items.update(resident=resident, phase_rollout=rollout, phase_teacher=teacher, phase_loss=loss,
-                 peak_estimate=resident + max(rollout, teacher, loss), lora_params=float(lora))
-    return items
+    with_kv = bandwidth / (weight_bytes + kv_bytes_step) if weight_bytes else 0.0
+    return {"bandwidth_gb_s": bandwidth / GB, "weight_gb_per_step": weight_bytes / GB,
+            "bound_steps_per_s": bound, "achieved_steps_per_s": steps_per_s,
+            "fraction_of_bound": steps_per_s / bound if bound else 0.0,
+            "kv_gb_per_step": kv_bytes_step / GB, "bound_steps_per_s_with_kv": with_kv,
+            "fraction_of_bound_with_kv": steps_per_s / with_kv if with_kv else 0.0}

@@ -1,111 +1,111 @@
-"""Benchmark-only variants of the collection phase of a CORD step (cordlite.objective.step.collect).
+"""Benchmark-only variants of the trainer's optimizer step (cordlite.train.optimizer_step.run_step).
 
-collect_variant mirrors cordlite.objective.step.collect and departs from it only where a flag says so; with
-no flag it returns exactly what collect returns (tests/test_benchmark.py checks this), so the
-comparison measures the flag and nothing else.
-
-  teacher=COPY    text-view scoring and the reference answers use a second, frozen copy of the base,
-                  the way two-model distillation trainers hold their teacher, instead of the
-                  student's own weights inside adapters_off(model). cordlite never loads such a copy;
-                  it exists here only to measure what sharing one base saves.
-  separate=True   the distillation rollout (T = 1.0) and the N group rollouts (T = 1.5) of a prompt in
-                  TWO generate calls, one per temperature, each reading the prompt for all of its
-                  rows (cordlite before it sampled them in one call with a temperature per row and one
-                  prefill per prompt): 2 x max_new_tokens sequential decode steps instead of one.
-
-Only the paper's layout is covered: both loss terms on, a separate distillation rollout, and the
-rule-based judge (the benchmark's settings).
+  run_step_former   the arrangement cordlite ran before this release, from the same product functions:
+                    per micro-batch, the rollouts of its prompts (their own generate call), each row a
+                    copy of its prompt's keys and values in transformers' dynamic cache, the teacher's
+                    log-probs, and a gradient pass that runs every row's prompt again when gradient
+                    checkpointing is on (it shared the prompt only without checkpointing); the reference
+                    prefetch decodes its whole block in one call, with no KV budget. The rows are drawn
+                    from the same keys as the current step, so both arrangements sample the same tokens.
+  separate_teacher  a second frozen copy of the base scores the text view and writes the reference
+                    answers, the way two-model distillation trainers hold their teacher, instead of the
+                    student's own weights with the adapters off. cordlite never loads such a copy; it
+                    exists here only to measure what sharing one base saves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 
 import torch
 
-from cordlite.config import Recipe
-from cordlite.data import ViewBatch
-from cordlite.judge.rewards import rule_rewards
-from cordlite.models.audio_view import encode_audio, encoder_is_frozen, prompt_embeds
-from cordlite.models.lora import adapters_off
-from cordlite.models.runtime import Runtime
-from cordlite.models.sampling import Rollouts, pad_right, repeat_rows, sample
-from cordlite.objective.advantages import group_advantages
-from cordlite.objective.logprobs import completion_hidden, full_logprobs
-from cordlite.objective.step import Collected, ReferenceStore, Tokens, _rows, reference_answers
-from cordlite.objective.step import _autocast, _clock  # the same autocast and synchronised clock as collect
+from cordlite.data import encode_views
+from cordlite.objective.references import step_keys
+from cordlite.objective.step import batch_examples, collect, compute_loss
+from cordlite.train import optimizer_step
+from cordlite.train.meter import peak_memory_gb, reset_peak_memory, step_flops
+from cordlite.train.optimizer_step import StepParts, merge_stats, step_seed
 
 
-@torch.no_grad()
-def collect_variant(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
-                    store: ReferenceStore, *, teacher=None, separate: bool = False) -> Collected:
-    """cordlite.objective.step.collect, with the teacher on a separate copy and/or two generate calls (module docstring)."""
-    ro, lo = recipe.rollout, recipe.loss
-    if ro.share_rollouts or lo.lambda_tok <= 0 or lo.lambda_seq <= 0 or recipe.judge.mode != "rules":
-        raise ValueError("collect_variant covers the paper's layout only: rollout.share_rollouts false, "
-                         "loss.lambda_tok and loss.lambda_seq > 0, judge.mode rules")
-    model.eval()
-    timings: dict[str, float] = {}
-    t0 = _clock(rt)
-    common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
-                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p)
-    encoded = None
-    with _autocast(rt):
-        if ro.encode_audio_once and encoder_is_frozen(model):
-            encoded = encode_audio(model, views.audio["input_features"], views.audio["feature_attention_mask"])
-        audio = prompt_embeds(model, views.audio, encoded) if ro.encode_audio_once else views.audio
-        if separate:
-            parts = [sample(model, audio, 1, temperature=ro.distill_temperature, share_prefill=False, **common),
-                     sample(model, audio, ro.group_size, temperature=ro.group_temperature, share_prefill=False,
-                            **common)]
-        else:
-            both = sample(model, audio, 1 + ro.group_size, **common,
-                          temperature=[ro.distill_temperature] + [ro.group_temperature] * ro.group_size)
-            first = torch.arange(0, both.source.shape[0], 1 + ro.group_size, device=both.source.device)
-            rest = torch.ones_like(both.source, dtype=torch.bool).index_fill(0, first, False)
-            parts = [_rows(both, first), _rows(both, rest.nonzero().squeeze(1))]
-    timings["rollout_s"] = _clock(rt) - t0
-
-    ids = pad_right([p.completion_ids for p in parts], tokens.pad_id)  # [n, L]
-    mask = pad_right([p.completion_mask for p in parts], 0)  # [n, L]
-    source = torch.cat([p.source for p in parts])  # [n]
-    finished = torch.cat([p.finished for p in parts])  # [n]
-    n_distill = group_start = parts[0].completion_ids.shape[0]
-
-    t0 = _clock(rt)
-    scorer = model if teacher is None else teacher
-    off = adapters_off(model) if teacher is None and lo.teacher == "base" else contextlib.nullcontext()
-    text_prompt = repeat_rows(views.text, source[:n_distill])
-    with off, _autocast(rt):
-        hidden = completion_hidden(scorer, text_prompt, ids[:n_distill], mask[:n_distill])
-        teacher_lp = full_logprobs(scorer, hidden, lo.kl_chunk_size)  # [n_distill, L, V]
-    timings["teacher_s"] = _clock(rt) - t0
-
-    t0 = _clock(rt)
-    if teacher is None:
-        refs, ref_tokens = reference_answers(model, tokenizer, views, recipe, rt, tokens, store)
-    else:  # the copy has no adapters to switch off: it is the frozen base as it is
-        plain = dataclasses.replace(recipe, loss=dataclasses.replace(lo, teacher="current"))
-        refs, ref_tokens = reference_answers(teacher, tokenizer, views, plain, rt, tokens, store)
-    group = Rollouts(ids[group_start:], mask[group_start:], finished[group_start:], source[group_start:])
-    texts = tokenizer.batch_decode(group.completion_ids, skip_special_tokens=True)
-    exs = [views.examples[int(s)] for s in group.source]
-    reward_list = rule_rewards(texts, [refs[int(s)] for s in group.source], [ex.choices for ex in exs],
-                               [not bool(f) for f in group.finished], recipe.judge.number_tolerance)
-    rewards = torch.tensor(reward_list, device=ids.device)  # [n_group]
-    advantages = group_advantages(rewards, ro.group_size)
-    stats = dict(reward_mean=rewards.mean().item(), reward_std=rewards.std(unbiased=False).item(),
-                 reference_tokens=float(ref_tokens))
-    timings["judge_s"] = _clock(rt) - t0
-
-    lengths = mask.sum(dim=1).float()
-    stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
-                 truncated_frac=1.0 - finished.float().mean().item(), **timings)
-    return Collected(views, source, ids, mask, n_distill, group_start, teacher_lp, advantages, stats, encoded)
+def run_step_former(p: StepParts, step: int) -> dict:
+    """One optimizer step in the former arrangement (module docstring); the same metrics row as run_step."""
+    recipe, rt, t, o = p.recipe, p.rt, p.recipe.train, p.recipe.optim
+    t0 = time.perf_counter()
+    reset_peak_memory(rt.device)
+    indices = optimizer_step.batch_indices(len(p.examples), t.batch_size, step, t.seed, recipe.data.shuffle)
+    p.optimizer.zero_grad(set_to_none=True)
+    unbudgeted = dataclasses.replace(recipe, rollout=dataclasses.replace(recipe.rollout, kv_budget_gb=1e6))
+    prefetch = optimizer_step._prefetch_references(p.model, p.processor, p.examples, unbudgeted, rt, p.tokens,
+                                                   p.store, step, p.per_rank, 0)
+    p.phase("prefetch", None)
+    keys = step_keys(t.seed, step, list(range(p.per_rank)), rt.device)
+    parts = [prefetch]
+    for start in range(0, p.per_rank, t.micro_batch_size):
+        torch.manual_seed(step_seed(t.seed, step, start // t.micro_batch_size))
+        chunk = batch_examples(p.examples, indices[start : start + t.micro_batch_size])
+        views = encode_views(p.processor, chunk, p.audio_cache, recipe.data.instruction, recipe.data.system_prompt,
+                             p.frames.counts() if p.frames is not None else None).to(rt.device)
+        c = collect(p.model, p.processor.tokenizer, views, recipe, rt, p.tokens, p.store, p.judge, p.frames,
+                    keys=keys[start : start + t.micro_batch_size], score=False, kv_cache="dynamic")
+        p.phase("rollouts", (start, c))
+        c = optimizer_step.score_teacher(p.model, c, recipe, rt)
+        p.phase("teacher", None)
+        loss, stats = compute_loss(p.model, c, recipe, rt, share_prompt=not rt.gradient_checkpointing)
+        tb = optimizer_step._clock(rt)
+        (loss * (len(chunk) / t.batch_size)).backward()
+        parts.append({**c.stats, **stats, "backward_s": optimizer_step._clock(rt) - tb})
+        del c, loss
+        p.phase("gradient", None)
+    t1 = time.perf_counter()
+    max_norm = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(p.params, max_norm).item()
+    lr = p.scheduler.get_last_lr()[0]
+    p.optimizer.step()
+    p.scheduler.step()
+    optimizer_s = optimizer_step._clock(rt) - t1
+    p.phase("optimizer", None)
+    row = merge_stats(parts)
+    row.setdefault("references_s", 0.0)
+    seconds = time.perf_counter() - t0
+    flops = step_flops(*p.sizes, row)
+    row.update(step=step + 1, lr=lr, grad_norm=grad_norm, optimizer_s=optimizer_s, step_seconds=seconds,
+               peak_memory_gb=peak_memory_gb(rt.device), tokens_per_s=row["tokens_generated"] / max(row["rollout_s"], 1e-9),
+               tflops=flops / 1e12, mfu=flops / seconds / p.peak_flops if p.peak_flops else None)
+    return row
 
 
-def load_teacher_copy(recipe: Recipe, rt: Runtime):
+@contextlib.contextmanager
+def separate_teacher(copy):
+    """While it lasts, the trainer's teacher scoring and reference answers run on `copy` (a frozen
+    base without adapters) instead of the student with its adapters off."""
+    from cordlite.objective import step as step_module
+
+    def as_current(recipe):  # the copy has no adapters to switch off: it is the frozen base as it is
+        return dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, teacher="current"))
+
+    real_score, real_refs = optimizer_step.score_teacher, step_module.generate_references
+
+    def score(model, c, recipe, rt):
+        return real_score(copy, c, as_current(recipe), rt)
+
+    def references(model, tokenizer, text, examples, recipe, rt, tokens, store, calls=None):
+        return real_refs(copy, tokenizer, text, examples, as_current(recipe), rt, tokens, store, calls=calls)
+
+    patches = [(optimizer_step, "score_teacher", score), (optimizer_step, "generate_references", references),
+               (step_module, "generate_references", references)]
+    saved = [(m, name, getattr(m, name)) for m, name, _ in patches]
+    try:
+        for m, name, fn in patches:
+            setattr(m, name, fn)
+        yield
+    finally:
+        for m, name, fn in saved:
+            setattr(m, name, fn)
+
+
+def load_teacher_copy(recipe, rt):
     """A second frozen copy of the base, loaded exactly like the student's base (benchmark only)."""
     from cordlite.models.load import load_base
 

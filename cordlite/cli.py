@@ -56,12 +56,13 @@ def train(recipe: str, overrides: tuple[str, ...], resume: bool, num_processes: 
         sys.exit(launch(num_processes, argv))
     from cordlite.audio import AudioError
     from cordlite.data import ManifestError
+    from cordlite.models.kv_cache import BudgetError
     from cordlite.models.runtime import ModelLoadError
     from cordlite.train.trainer import TrainError, train as run
 
     try:
         run_dir = run(cfg, resume=resume)
-    except (TrainError, ManifestError, AudioError, ModelLoadError) as e:
+    except (TrainError, ManifestError, AudioError, ModelLoadError, BudgetError) as e:
         fail(str(e), 1)
     click.echo(f"done: adapter in {run_dir / 'adapter'}, metrics in {run_dir / 'metrics.jsonl'}")
 

@@ -23,6 +23,9 @@ _QUIET_LOGGERS = {
     # bitsandbytes on an AVX512-BF16 CPU offers an optional kernel from a hub package ("kernels") and
     # falls back to its own when it is absent: the fallback is what runs, correctly.
     "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+    # The gradient pass hands its checkpointed layers a replay-safe cache on purpose
+    # (cordlite.models.kv_cache.grad_pass_cache); transformers warns about caches and checkpointing in general.
+    "transformers.utils.generic": "`use_cache=True` is incompatible with gradient checkpointing",
 }
 
 

@@ -129,6 +129,8 @@ class ClipCheck:
     """Ids of clips at another rate than 16 kHz (resampled as read)."""
     downmixed: list[str]
     """Ids of clips with more than one channel (averaged to mono as read)."""
+    longest: str | None = None
+    """Id of the longest usable clip (its prompt sizes the KV budget check before step 1)."""
 
     def notes(self) -> list[str]:
         out = []
@@ -161,17 +163,20 @@ def check_clips(examples: list[Example], max_seconds: float, limit: str = "data.
         return info
 
     problems, bad_ids, resampled, downmixed = [], [], [], []
+    longest, most = None, -1.0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for ex, res in zip(examples, pool.map(one, examples)):
             if isinstance(res, str):
                 problems.append(res)
                 bad_ids.append(ex.id)
                 continue
+            if res.frames / res.samplerate > most:
+                longest, most = ex.id, res.frames / res.samplerate
             if res.samplerate != 16000:
                 resampled.append(ex.id)
             if res.channels != 1:
                 downmixed.append(ex.id)
-    return ClipCheck(problems, bad_ids, resampled, downmixed)
+    return ClipCheck(problems, bad_ids, resampled, downmixed, longest)
 
 
 def prompt_length_problems(processor, examples: list[Example], instruction: str, system_prompt: str | None,

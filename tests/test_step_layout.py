@@ -168,3 +168,23 @@ def test_loss_scaling_trains_the_same_adapter_and_resumes_with_its_scale(tiny_mo
     train(recipe_from_dict(_raw(tiny_model_dir, tiny_manifest, scaled, batch_size=2)), resume=True)
     wc = _adapter(scaled)
     assert all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_a_kv_budget_below_one_prompt_is_refused_before_step_1(tiny_model_dir, tiny_manifest, tmp_path):
+    """rollout.kv_budget_gb too small for the manifest's longest prompt and its rows: one error line
+    with the size it needs, from the command, before any step (no metrics written)."""
+    import yaml
+    from click.testing import CliRunner
+
+    from cordlite.cli import main
+
+    raw = _raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
+    raw["rollout"]["kv_budget_gb"] = 1e-6
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["train", str(recipe)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "rollout.kv_budget_gb: 1e-06 GB is below the" in lines[0]
+    assert "raise it to at least" in lines[0] and "the longest prompt of" in lines[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

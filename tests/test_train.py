@@ -192,6 +192,7 @@ def test_a_second_sigterm_stops_at_once_and_says_what_is_kept(tiny_model_dir, ti
     (StopNow, not click's bare "Aborted!"). The trainer then exits 128 + signum, naming the last
     checkpoint; the next start resumes from it. The second signal is raised in the rollout of step
     3 here (signals do not queue, so two real ones sent at once arrive as one)."""
+    from cordlite.train import optimizer_step
     from cordlite.train import trainer as trainer_module
 
     handler = trainer_module._Signals(trainer_module.init_distributed())
@@ -202,7 +203,7 @@ def test_a_second_sigterm_stops_at_once_and_says_what_is_kept(tiny_model_dir, ti
     raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
     raw["train"].update(max_steps=4, batch_size=1, micro_batch_size=1)
     raw["output"].update(save_every=1)
-    real_collect, calls = trainer_module.collect, []
+    real_collect, calls = optimizer_step.collect, []
 
     def collect_then_signal(*args, **kwargs):
         calls.append(1)
@@ -210,22 +211,22 @@ def test_a_second_sigterm_stops_at_once_and_says_what_is_kept(tiny_model_dir, ti
             raise trainer_module.StopNow(signal.SIGTERM)
         return real_collect(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "collect", collect_then_signal)
+    monkeypatch.setattr(optimizer_step, "collect", collect_then_signal)
     with pytest.raises(SystemExit) as stop:
         train(recipe_from_dict(raw))
     assert stop.value.code == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "second SIGTERM: stopped at once without saving; the last checkpoint is" in err
     assert "step_000002 (steps after it are lost); continue with --resume" in err
-    monkeypatch.setattr(trainer_module, "collect", real_collect)
+    monkeypatch.setattr(optimizer_step, "collect", real_collect)
     train(recipe_from_dict(raw), resume=True)
     assert [r["step"] for r in _metrics(tmp_path / "run")] == [1, 2, 3, 4]
 
 
 def test_references_are_generated_ahead_in_one_call(tiny_model_dir, tiny_manifest, tmp_path):
-    """The first step generates the text-view references of its whole block of steps in one call
-    (64 prompts: 32 steps of 2), so the next steps generate none; each is written once."""
-    from cordlite.train.trainer import REFERENCE_BATCH
+    """The first step generates the text-view references of its whole block of steps (64 prompts: 32
+    steps of 2; the tiny set's 8) in one call, so the next steps generate none; each is written once."""
+    from cordlite.train.optimizer_step import REFERENCE_BATCH
 
     raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run")
     raw["train"].update(max_steps=3)
@@ -235,7 +236,7 @@ def test_references_are_generated_ahead_in_one_call(tiny_model_dir, tiny_manifes
     refs = [json.loads(line) for line in (tmp_path / "run" / "reference_answers.jsonl").read_text().splitlines()]
     n_examples = len(read_manifest(tiny_manifest))
     assert len(refs) == len({r["id"] for r in refs}) == min(REFERENCE_BATCH, n_examples)
-    assert rows[0]["references_s"] > 0
+    assert rows[0]["references_s"] > 0 and rows[0]["reference_calls"] == 1
     assert [r["references_s"] for r in rows[1:]] == [0.0, 0.0] and [r["reference_tokens"] for r in rows] == [0.0] * 3
 
 

@@ -25,7 +25,7 @@ import torch
 from cordlite.models.draws import RowSampler, row_keys
 from cordlite.models.families import decoder_kwargs, family_or_none, forward_inputs
 from cordlite.models.kv_cache import (SharedPrefixCache, auto_budget, call_bytes, prompts_per_call,
-                                      shared_prefix_attention, supports_shared_prefix, text_config)
+                                      shared_prefix_attention, supports_shared_prefix)
 
 
 @dataclass
@@ -157,8 +157,8 @@ def sample(
     if "inputs_embeds" in prompt and family is not None and family.decoder_inputs is not None and not prefilled:
         raise ValueError(f"{family.name}: prompts given as merged embeddings need cordlite's prefill (its language "
                          "model also reads the token ids); keep share_prefill on")
-    dtype = _kv_dtype(base, device)
-    per_prompt = call_bytes(base.config, dtype, 1, num_per_prompt, prompt["input_ids"].shape[1], max_new_tokens, shared)
+    per_prompt = call_bytes(base.config, _kv_dtype(base, device), 1, num_per_prompt, prompt["input_ids"].shape[1],
+                            max_new_tokens, shared)
     step = prompts_per_call(per_prompt, kv_budget if kv_budget is not None else auto_budget(device),
                             "the KV budget" if kv_budget is None else "rollout.kv_budget_gb")
     parts = []
@@ -230,6 +230,15 @@ def _sample_call(model, base, family, lm, prompt, num_per_prompt, temps, max_new
     mask, finished = completion_mask(completion, end_ids)
     completion = completion.masked_fill(mask == 0, pad_id)
     return Rollouts(completion, mask, finished, source)
+
+
+def prompt_kv_bytes(model, prompt_len: int, rows: int, max_new_tokens: int, device: torch.device) -> int:
+    """KV cache bytes of one prompt of `prompt_len` tokens and its `rows` rows in a call of sample() with
+    merged embeddings or token ids (the trainer's rollouts and references): what a budget must hold."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = family_or_none(base)
+    shared = family is not None and prompt_len > 1 and supports_shared_prefix(family.lm(base))
+    return call_bytes(base.config, _kv_dtype(base, device), 1, rows, prompt_len, max_new_tokens, shared)
 
 
 def _kv_dtype(base, device: torch.device) -> torch.dtype:

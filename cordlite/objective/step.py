@@ -77,6 +77,18 @@ def kv_budget(recipe: Recipe) -> int | None:
     return None if gb is None else int(gb * 1e9)
 
 
+def rollout_rows(recipe: Recipe) -> tuple[int, str]:
+    """Rows collect samples per prompt in one call, and from which view ("audio", or "text" for the
+    off-policy baselines, which sample the teacher)."""
+    ro, lo = recipe.rollout, recipe.loss
+    if lo.objective != "cord":
+        return ro.group_size + 1, "text"
+    use_tok, use_seq = lo.lambda_tok > 0, lo.lambda_seq > 0
+    if use_tok and not ro.share_rollouts:
+        return (1 + ro.group_size if use_seq else 1), "audio"
+    return ro.group_size, "audio"
+
+
 @torch.no_grad()
 def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
                       store: ReferenceStore) -> tuple[list[str], int]:
@@ -110,13 +122,14 @@ def generate_references(model, tokenizer, text: dict[str, torch.Tensor], example
 @torch.no_grad()
 def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
             store: ReferenceStore, judge: Judge | None = None, frames: FrameCache | None = None,
-            keys: torch.Tensor | None = None, score: bool = True) -> Collected:
+            keys: torch.Tensor | None = None, score: bool = True, kv_cache: str = "auto") -> Collected:
     """Rollouts, rewards and advantages of the B prompts of `views`. `judge`
     (cordlite.judge.rewards.judge_for_recipe, built once per run) decides rewards; without one, only
     judge.mode: rules is possible. `frames` (data.frames: a frozen encoder's frames per clip id)
     replaces the encoder for the clips it holds. `keys` [B]: the prompts' sampling keys (the trainer's
     are pure functions of seed, step and place; unset, drawn from torch's generator). `score`: also
-    the teacher's log-probs (score_teacher) for all B prompts; the trainer scores per micro-batch."""
+    the teacher's log-probs (score_teacher) for all B prompts; the trainer scores per micro-batch.
+    `kv_cache`: models.sampling.sample's ("dynamic": each row a copy of its prompt, for comparisons)."""
     model.eval()
     ro, lo = recipe.rollout, recipe.loss
     timings: dict[str, float] = {}
@@ -127,7 +140,8 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     parts: list[Rollouts] = []
     calls: list[dict] = []
     common = dict(max_new_tokens=ro.max_new_tokens, end_ids=tokens.end_ids, pad_id=tokens.pad_id,
-                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p, keys=keys, kv_budget=kv_budget(recipe), calls=calls)
+                  blocked_ids=tokens.blocked_ids, top_p=ro.top_p, keys=keys, kv_budget=kv_budget(recipe), calls=calls,
+                  kv_cache=kv_cache)
     encoded = None
     if ro.encode_audio_once and encoder_is_frozen(model):
         # Nothing trains in the encoder: its output now is its output in the gradient pass too.

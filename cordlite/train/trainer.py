@@ -22,14 +22,13 @@ import json
 import math
 import signal
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from cordlite.config import TINY_MANIFEST, TINY_MODEL_DIR, Recipe, is_tiny_path
-from cordlite.data import (AudioCache, Example, ManifestError, batch_indices, check_clips, clip_problems_message,
-                           encode_views, has_text_view, prompt_length_problems, read_manifest, text_views)
+from cordlite.data import (AudioCache, Example, ManifestError, check_clips, clip_problems_message, encode_views,
+                           has_text_view, prompt_length_problems, read_manifest, text_views)
 from cordlite.files import sha256_file, write_text_atomic
 from cordlite.judge.rewards import judge_for_recipe
 from cordlite.models.adapter import save_adapter
@@ -37,21 +36,16 @@ from cordlite.models.audio_view import FrameCache, FrameStoreError, encoder_dige
 from cordlite.models.load import load_base
 from cordlite.models.lora import attach_lora, trainable_parameters
 from cordlite.models.runtime import resolve_runtime
-from cordlite.objective.references import ReferenceStore, Tokens, step_keys
-from cordlite.objective.step import batch_examples, collect, compute_loss, generate_references, score_teacher
+from cordlite.objective.references import ReferenceStore, Tokens
 from cordlite.recipe import dump_recipe, recipe_to_dict
 from cordlite.train.checkpoint import (CheckpointError, clean_checkpoints, latest_checkpoint, load_checkpoint,
                                       save_checkpoint)
 from cordlite.train.distributed import Dist, init_distributed
-from cordlite.train.meter import linear_sizes, peak_flops, peak_memory_gb, reset_peak_memory, step_flops
+from cordlite.train.meter import linear_sizes, peak_flops
+from cordlite.train.optimizer_step import StepParts, run_step
 
 METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
                "weight_max", "tokens_generated", "step_seconds")
-_SUMMED = {"tokens_generated", "reference_tokens", "rollout_s", "teacher_s", "judge_s", "forward_s",
-           "judge_by_rules", "judge_by_llm", "judge_cache_hits", "judge_unparseable", "generate_calls",
-           "prefill_positions", "decode_positions", "teacher_positions", "teacher_head_positions", "grad_positions",
-           "grad_head_positions", "reference_calls", "reference_positions", "reference_decode_positions"}
-_MAXED = {"kl_max", "weight_max", "kv_cache_gb", "reference_kv_cache_gb"}
 
 
 class TrainError(RuntimeError):
@@ -102,11 +96,6 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def step_seed(seed: int, step: int, micro: int = 0) -> int:
-    """Sampling seed of one micro-batch of one step (micro counts over the global batch)."""
-    return (seed * 1_000_003 + step * 7_919 + micro * 104_729) % (2**31)
-
-
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     """Multiplier of the base learning rate at 0-based `step`."""
     if warmup and step < warmup:
@@ -133,18 +122,10 @@ def _trim_metrics(path: Path, done: int) -> None:
     write_text_atomic(path, "".join(l + "\n" for l in keep))
 
 
-def merge_stats(parts: list[dict[str, float]]) -> dict[str, float]:
-    """One step's stats from its micro-batches: means, except counts/times (summed) and maxima."""
-    out = {}
-    for k in {k for p in parts for k in p}:
-        vals = [p[k] for p in parts if k in p]
-        out[k] = sum(vals) if k in _SUMMED else max(vals) if k in _MAXED else sum(vals) / len(vals)
-    return out
-
-
-def prepare_data(recipe: Recipe, dist: Dist) -> tuple[list[Example], int | None]:
-    """The manifest's examples, checked (rows, then every clip's header) before any work, and how
-    many bad rows data.skip_bad_rows left out (None when it is off: a bad row stops the run)."""
+def prepare_data(recipe: Recipe, dist: Dist) -> tuple[list[Example], int | None, str | None]:
+    """The manifest's examples, checked (rows, then every clip's header) before any work, how many bad
+    rows data.skip_bad_rows left out (None when it is off: a bad row stops the run), and the id of
+    the longest clip."""
     manifest = Path(recipe.data.train_manifest)
     if (recipe.data.create_tiny_if_missing and is_tiny_path(str(manifest), TINY_MANIFEST) and not manifest.exists()
             and dist.main):
@@ -179,7 +160,7 @@ def prepare_data(recipe: Recipe, dist: Dist) -> tuple[list[Example], int | None]
     if dist.main:
         for note in clips.notes():
             print(f"note: {manifest}: {note}", file=sys.stderr)
-    return examples, None if skipped is None else len(skipped)
+    return examples, None if skipped is None else len(skipped), clips.longest
 
 
 def _check_batch(recipe: Recipe, dist: Dist) -> int:
@@ -205,39 +186,70 @@ def _frame_store(recipe: Recipe, model) -> FrameCache | None:
         raise TrainError(f"data.frames: {e}") from None
 
 
-REFERENCE_BATCH = 64  # text-view references generated together, for the coming steps' prompts
+def setup(recipe: Recipe, dist: Dist, run_dir: Path | None = None) -> tuple[StepParts, int | None]:
+    """Everything the steps share, checked before any work: runtime, data, the model with its LoRA,
+    the optimizer, schedule and (fp16) loss scaler, the reference store, the judge, the frame store.
+    Also the number of manifest rows data.skip_bad_rows left out (None when it is off)."""
+    run_dir = Path(recipe.output.dir) if run_dir is None else run_dir
+    _check_batch(recipe, dist)
+    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train, dist.local_rank)
+    torch.manual_seed(recipe.train.seed)
+    examples, rows_skipped, longest = prepare_data(recipe, dist)
+    if recipe.model.create_tiny_if_missing and is_tiny_path(recipe.model.name_or_path, TINY_MODEL_DIR) and dist.main:
+        from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
+
+        ensure_tiny_qwen2audio(recipe.model.name_or_path)
+    dist.barrier()
+    model, processor = load_base(recipe.model, recipe.quantization, rt)
+    model = attach_lora(model, recipe.lora, rt, seed=recipe.train.seed)
+    config = getattr(model.config, "text_config", None) or model.config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit:  # every prompt that cannot fit, before the first step
+        too_long = prompt_length_problems(processor, examples, recipe.data.instruction, recipe.data.system_prompt,
+                                          recipe.rollout.max_new_tokens, int(limit))
+        if too_long:
+            raise ManifestError(clip_problems_message(Path(recipe.data.train_manifest), too_long, what="row(s)"))
+    _check_kv_budget(recipe, model, processor, examples, longest, rt)
+    params = [p for _, p in trainable_parameters(model)]
+    o, t = recipe.optim, recipe.train
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.schedule))
+    # fp16 autocast (GPUs without bf16): the loss is scaled before backward so small gradients do not
+    # flush to zero, and unscaled before clipping; a step whose gradients overflowed is skipped.
+    scaler = torch.amp.GradScaler(rt.device.type) if rt.loss_scaling else None
+    store = ReferenceStore(run_dir / "reference_answers.jsonl" if recipe.loss.teacher == "base" else None,
+                           write=dist.main)
+    judge = judge_for_recipe(recipe, model, processor.tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
+    parts = StepParts(recipe, rt, dist, model, processor, Tokens.of(model, processor.tokenizer), store, judge,
+                      _frame_store(recipe, model), AudioCache(recipe.data.max_audio_seconds, recipe.data.audio_cache_mb),
+                      examples, params, optimizer, scheduler, scaler, linear_sizes(model), peak_flops(rt.device))
+    return parts, rows_skipped
 
 
-def _prefetch_references(model, processor, examples: list[Example], recipe: Recipe, rt, tokens: Tokens,
-                         store: ReferenceStore, step: int, per_rank: int, rank: int) -> dict[str, float]:
-    """When a prompt of this step has no text-view reference yet, generate those of every prompt of
-    its block of steps (blocks of REFERENCE_BATCH // per_rank steps from step 0: the data order is
-    known in advance, and fixed blocks make a resumed run generate what an unbroken one did), in as
-    few generate calls as rollout.kv_budget_gb allows. Only for the frozen-base teacher, whose
-    references never change. Its seconds and the positions it ran (for the step's FLOPs)."""
-    t = recipe.train
-    if recipe.loss.lambda_seq <= 0 or recipe.loss.teacher != "base":
-        return {}
+def _check_kv_budget(recipe: Recipe, model, processor, examples: list[Example], longest: str | None, rt) -> None:
+    """rollout.kv_budget_gb must hold one prompt's rows at the manifest's longest clip, and one reference
+    row at its longest question: checked before step 1, not found in it."""
+    from cordlite.models.kv_cache import BudgetError, prompts_per_call
+    from cordlite.models.sampling import prompt_kv_bytes
+    from cordlite.objective.step import kv_budget, rollout_rows
 
-    def mine(s: int) -> list[Example]:
-        idx = batch_indices(len(examples), t.batch_size, s, t.seed, recipe.data.shuffle)
-        return [examples[i] for i in idx[rank * per_rank : (rank + 1) * per_rank]]
-
-    if not store.missing(mine(step)):
-        return {}
-    t0 = time.perf_counter()
-    block = max(1, REFERENCE_BATCH // per_rank)
-    first = step // block * block
-    # The whole block, past max_steps too: a resumed run with another max_steps generates the same.
-    ahead = store.missing([ex for s in range(first, first + block) for ex in mine(s)])
-    text = {k: v.to(rt.device) for k, v in text_views(processor, ahead, recipe.data.instruction,
-                                                      recipe.data.system_prompt).items()}
-    calls: list[dict] = []
-    generate_references(model, processor.tokenizer, text, ahead, recipe, rt, tokens, store, calls=calls)
-    return {"references_s": time.perf_counter() - t0, "reference_calls": float(len(calls)),
-            "reference_kv_cache_gb": max(c["kv_bytes"] for c in calls) / 1e9,
-            "reference_positions": float(sum(c["prompts"] * c["prompt_len"] + c["rows"] * c["steps"] for c in calls)),
-            "reference_decode_positions": float(sum(c["rows"] * c["steps"] for c in calls))}
+    budget = kv_budget(recipe)
+    if budget is None:
+        return
+    ro, d = recipe.rollout, recipe.data
+    clip = next((ex for ex in examples if ex.id == longest), examples[0])
+    words = max(examples, key=lambda ex: len(ex.question))
+    audio_len = encode_views(processor, [clip], AudioCache(d.max_audio_seconds), d.instruction,
+                             d.system_prompt).audio["input_ids"].shape[1]
+    text_len = text_views(processor, [words], d.instruction, d.system_prompt)["input_ids"].shape[1]
+    rows, view = rollout_rows(recipe)
+    try:
+        prompts_per_call(prompt_kv_bytes(model, audio_len if view == "audio" else text_len, rows, ro.max_new_tokens,
+                                         rt.device), budget)
+        prompts_per_call(prompt_kv_bytes(model, text_len, 1, ro.max_new_tokens, rt.device), budget)
+    except BudgetError as e:
+        raise TrainError(f"{e} (the longest prompt of {d.train_manifest}: {max(audio_len, text_len)} tokens)") from None
 
 
 def train(recipe: Recipe, resume: bool = False) -> Path:
@@ -252,49 +264,22 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     if existing is not None and not resume:
         raise TrainError(f"{run_dir} already holds checkpoints (latest {existing.name}); pass --resume to "
                          "continue that run, or set output.dir to a new directory")
-    per_rank = _check_batch(recipe, dist)
+    _check_batch(recipe, dist)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    rt = resolve_runtime(recipe.model, recipe.quantization, recipe.train, dist.local_rank)
-    torch.manual_seed(recipe.train.seed)
-
-    examples, rows_skipped = prepare_data(recipe, dist)
-    if recipe.model.create_tiny_if_missing and is_tiny_path(recipe.model.name_or_path, TINY_MODEL_DIR) and dist.main:
-        from cordlite.models.tiny_checkpoint import ensure_tiny_qwen2audio
-
-        ensure_tiny_qwen2audio(recipe.model.name_or_path)
-    dist.barrier()
-    model, processor = load_base(recipe.model, recipe.quantization, rt)
-    model = attach_lora(model, recipe.lora, rt, seed=recipe.train.seed)
-    tokenizer = processor.tokenizer
-    tokens = Tokens.of(model, tokenizer)
-    config = getattr(model.config, "text_config", None) or model.config
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit:  # every prompt that cannot fit, before the first step
-        too_long = prompt_length_problems(processor, examples, recipe.data.instruction, recipe.data.system_prompt,
-                                          recipe.rollout.max_new_tokens, int(limit))
-        if too_long:
-            raise ManifestError(clip_problems_message(Path(recipe.data.train_manifest), too_long, what="row(s)"))
+    parts, rows_skipped = setup(recipe, dist, run_dir)
+    model, rt, t = parts.model, parts.rt, recipe.train
     if dist.main:
         write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
         write_text_atomic(run_dir / "runtime.json", json.dumps({**rt.describe(), "world_size": dist.world,
                                                                  "versions": _versions()}, indent=2) + "\n")
-        if rt.loss_scaling and recipe.train.mixed_precision == "auto":
+        if rt.loss_scaling and t.mixed_precision == "auto":
             print(f"note: {rt.describe()['device_name']} has no native bf16: training in fp16 with loss scaling "
                   "(RUN/runtime.json)", file=sys.stderr)
-
-    params = [p for _, p in trainable_parameters(model)]
-    o, t = recipe.optim, recipe.train
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, o.warmup_steps, t.max_steps, o.schedule))
-    # fp16 autocast (GPUs without bf16): the loss is scaled before backward so small gradients do not
-    # flush to zero, and unscaled before clipping; a step whose gradients overflowed is skipped.
-    scaler = torch.amp.GradScaler(rt.device.type) if rt.loss_scaling else None
     done = 0
     if resume and existing is not None:
         try:
-            done = load_checkpoint(existing, model, optimizer, scheduler, scaler)
+            done = load_checkpoint(existing, model, parts.optimizer, parts.scheduler, parts.scaler)
         except CheckpointError as e:
             raise TrainError(str(e)) from None
         if dist.main:
@@ -305,13 +290,6 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
     dist.barrier()
 
     meta = {"base_model": recipe.model.name_or_path, "recipe": recipe_to_dict(recipe)}
-    store = ReferenceStore(run_dir / "reference_answers.jsonl" if recipe.loss.teacher == "base" else None,
-                           write=dist.main)
-    judge = judge_for_recipe(recipe, model, tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
-    audio_cache = AudioCache(recipe.data.max_audio_seconds, recipe.data.audio_cache_mb)
-    sizes, peak = linear_sizes(model), peak_flops(rt.device)
-    frames = _frame_store(recipe, model)
-    counts = frames.counts() if frames is not None else None  # stored clips need no audio read
     progress = None
     if recipe.output.progress and dist.main:
         from tqdm.auto import tqdm
@@ -320,68 +298,18 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
 
     def checkpoint(step: int) -> None:
         if dist.main:
-            save_checkpoint(ckpt_root, step, model, optimizer, scheduler, meta, recipe.output.keep_last, scaler)
+            save_checkpoint(ckpt_root, step, model, parts.optimizer, parts.scheduler, meta, recipe.output.keep_last,
+                            parts.scaler)
         dist.barrier()
 
     metrics = metrics_path.open("a", encoding="utf-8") if dist.main else None
     with _Signals(dist) as signals:
+        parts.check = signals.check
         try:
             for step in range(done, t.max_steps):
-                t0 = time.perf_counter()
-                reset_peak_memory(rt.device)
-                indices = batch_indices(len(examples), t.batch_size, step, t.seed, recipe.data.shuffle)
-                first = dist.rank * per_rank
-                mine = indices[first : first + per_rank]
-                optimizer.zero_grad(set_to_none=True)
-                prefetch = _prefetch_references(model, processor, examples, recipe, rt, tokens, store, step, per_rank,
-                                                dist.rank)
-                signals.check()
-                views = encode_views(processor, batch_examples(examples, mine), audio_cache, recipe.data.instruction,
-                                     recipe.data.system_prompt, counts).to(rt.device)
-                keys = step_keys(t.seed, step, list(range(first, first + per_rank)), rt.device)
-                # Every prompt of this rank's share of the step at once: rollouts, rewards, advantages.
-                collected = collect(model, tokenizer, views, recipe, rt, tokens, store, judge, frames, keys=keys,
-                                    score=False)
-                parts = [collected.stats]
-                for start in range(0, per_rank, t.micro_batch_size):
-                    signals.check()
-                    # LoRA dropout (the off-policy baselines only) draws from torch's generator.
-                    torch.manual_seed(step_seed(t.seed, step, (first + start) // t.micro_batch_size))
-                    part = score_teacher(model, collected.prompts(start, start + t.micro_batch_size), recipe, rt)
-                    loss, stats = compute_loss(model, part, recipe, rt)
-                    share = loss * (len(part.views.examples) / t.batch_size)  # each rank's share of the mean
-                    (scaler.scale(share) if scaler is not None else share).backward()
-                    parts.append({**part.stats, **stats})
-                    del part, loss
-                del collected, views
-                signals.check()  # parameters are still those of the last completed step
-                t1 = time.perf_counter()
-                dist.sum_gradients(params)
-                if scaler is not None:
-                    scaler.unscale_(optimizer)  # clip the true gradients
-                max_norm = o.max_grad_norm if o.max_grad_norm > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).item()
-                lr = scheduler.get_last_lr()[0]
-                if scaler is not None:
-                    parts.append({"loss_scale": scaler.get_scale()})
-                    scaler.step(optimizer)  # skipped when the gradients overflowed; every rank agrees (same sums)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
-                parts.append(prefetch)
-                row = merge_stats([p for rank_parts in dist.gather(parts) for p in rank_parts])
-                row.setdefault("references_s", 0.0)
+                row = run_step(parts, step)
                 done = step + 1
                 if dist.main:
-                    seconds = time.perf_counter() - t0
-                    flops = step_flops(*sizes, row)  # the row sums every rank's positions
-                    row.update(step=done, lr=lr, grad_norm=grad_norm, optimizer_s=time.perf_counter() - t1,
-                               step_seconds=seconds, world_size=dist.world, global_batch=len(indices),
-                               prompt_ids=[examples[i].id for i in indices],
-                               peak_memory_gb=peak_memory_gb(rt.device),
-                               tokens_per_s=row["tokens_generated"] / max(row["rollout_s"], 1e-9),
-                               tflops=flops / 1e12, mfu=flops / seconds / (peak * dist.world) if peak else None)
                     if rows_skipped is not None:
                         row["rows_skipped"] = rows_skipped
                     _log(metrics, row, progress)
