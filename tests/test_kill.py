@@ -41,12 +41,12 @@ def killing(fn, counts=lambda args: True):
 
 import safetensors.torch
 import cordlite.train.checkpoint as checkpoint
-import cordlite.train.trainer as trainer
+import cordlite.train.optimizer_step as optimizer_step
 
 if point == "rollout":          # inside a step, before its loss
-    trainer.collect = killing(trainer.collect)
+    optimizer_step.collect = killing(optimizer_step.collect)
 elif point == "optimizer":      # after optimizer.step(), before the step's metrics row
-    trainer.merge_stats = killing(trainer.merge_stats)
+    optimizer_step.merge_stats = killing(optimizer_step.merge_stats)
 elif point == "mid_write":      # a checkpoint's temporary folder holds the adapter, not the rest
     safetensors.torch.save_file = killing(safetensors.torch.save_file,
                                           lambda args: str(args[1]).endswith("optimizer.safetensors"))
