@@ -46,7 +46,7 @@ step() {  # name, time limit (s), command...
   echo "| $name | $rc | $(( $(date +%s) - start )) |" >> "$summary"
   tail -n 5 "$out/$name.log"
 }
-gpus=$("$py" -c "import torch; print(torch.cuda.device_count())")
+gpus=$("$py" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 step pytest_gpu 180 "$py" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider
 step step_${size} 330 "$py" -m benchmarks.step_memory_speed --size "$size" --compare --steps 1 --warmup 1 \
   --out "$out" --cache /tmp/cordlite-bench

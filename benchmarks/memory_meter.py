@@ -1,15 +1,15 @@
 """Peak memory per phase of a benchmark run: the CUDA caching allocator's counters, or peak RSS on CPU.
 
-Used by benchmarks/step_memory_speed.py. On Linux the CPU peak (VmHWM) is reset by writing "5" to
-/proc/self/clear_refs, so each phase reports its own peak; elsewhere it covers the whole process.
+Used by benchmarks/step_memory_speed.py and prefill_memory.py, on the trainer's own readings
+(cordlite.train.meter): on Linux the CPU peak (VmHWM) is reset by writing "5" to /proc/self/clear_refs,
+so each phase reports its own peak; elsewhere it covers the whole process.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import torch
+
+from cordlite.train.meter import proc_status_kb, reset_peak_memory
 
 GB = 1e9
 
@@ -26,17 +26,12 @@ class Memory:
         if self.cuda:
             return {"allocated_gb": torch.cuda.memory_allocated(self.device) / GB,
                     "reserved_gb": torch.cuda.memory_reserved(self.device) / GB}
-        return {"rss_gb": _proc_status_kb("VmRSS") * 1024 / GB}
+        return {"rss_gb": proc_status_kb("VmRSS") * 1024 / GB}
 
     def reset(self) -> None:
         if self.cuda:
             torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:  # Linux: "5" resets the peak RSS (VmHWM) to the current RSS
-                Path("/proc/self/clear_refs").write_text("5")
-            except OSError:
-                pass  # the peak then covers the whole process, which can only overstate it
+        reset_peak_memory(self.device)
 
     def record(self, phase: str) -> None:
         if self.cuda:
@@ -44,18 +39,6 @@ class Memory:
             now = {"allocated_gb": torch.cuda.max_memory_allocated(self.device) / GB,
                    "reserved_gb": torch.cuda.max_memory_reserved(self.device) / GB}
         else:
-            now = {"rss_gb": _proc_status_kb("VmHWM") * 1024 / GB}
+            now = {"rss_gb": proc_status_kb("VmHWM") * 1024 / GB}
         old = self.peaks.get(phase, {})
         self.peaks[phase] = {k: max(v, old.get(k, 0.0)) for k, v in now.items()}
-
-
-def _proc_status_kb(field: str) -> int:
-    try:
-        m = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    except OSError:
-        m = None
-    if m:
-        return int(m.group(1))
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux; no reset possible

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.memory_meter import GB, Memory, _proc_status_kb
+from benchmarks.memory_meter import GB, Memory
+from cordlite.train.meter import proc_status_kb
 
 PROMPT = 800  # 750 audio positions (30 s at 25 per second) + 50 text positions
 
@@ -64,7 +65,7 @@ def measure(model, rows: int, prompts: int, shared: bool, hidden: int) -> dict:
               "input_ids": torch.full((prompts, PROMPT), 5, dtype=torch.long)}
     gc.collect()
     mem = Memory(torch.device("cpu"))
-    before = _proc_status_kb("VmRSS") * 1024 / GB
+    before = proc_status_kb("VmRSS") * 1024 / GB
     mem.reset()
     t0 = time.perf_counter()
     with torch.no_grad():
