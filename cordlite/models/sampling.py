@@ -181,7 +181,9 @@ def _sample_call(model, base, family, lm, prompt, num_per_prompt, temps, max_new
 
     batch, width = prompt["input_ids"].shape
     source = torch.arange(batch, device=prompt["input_ids"].device).repeat_interleave(num_per_prompt)
-    inputs = repeat_rows(prompt, source)
+    # After cordlite's prefill generate() reads each row's last token id only: the merged embeddings
+    # stay one copy per prompt (repeated for 20 rows of a 30 s prompt they would be 130 MB at 7B).
+    inputs = repeat_rows({k: v for k, v in prompt.items() if not (prefilled and k == "inputs_embeds")}, source)
     processors = LogitsProcessorList()
     if not greedy:  # each row draws its own token (draws.RowSampler); generate() takes the argmax of that
         processors.append(RowSampler(row_keys(keys, num_per_prompt), torch.tensor(temps).repeat(batch), top_p, width))
@@ -211,7 +213,6 @@ def _sample_call(model, base, family, lm, prompt, num_per_prompt, temps, max_new
     try:
         kwargs = {}
         if cache is not None:  # generate() reads only the last prompt token: its id, as in every decoding step
-            inputs = {k: v for k, v in inputs.items() if k != "inputs_embeds"}
             kwargs[cache_kwarg(type(lm))] = cache
         with attend if attend is not None else contextlib.nullcontext():
             out = model.generate(**forward_inputs(base, inputs), generation_config=gen,
