@@ -37,9 +37,9 @@ from cordlite.models.runtime import Runtime
 from cordlite.models.sampling import Rollouts, pad_right, random_keys, repeat_rows, sample
 from cordlite.objective.advantages import group_advantages
 from cordlite.objective.collected import Collected
-from cordlite.objective.references import ReferenceStore, Tokens, sampling_key
 from cordlite.objective.logprobs import completion_hidden, full_logprobs, shared_prompt_hidden, student_token_terms
 from cordlite.objective.losses import policy_gradient_loss, sft_loss, weighted_token_loss
+from cordlite.objective.references import ReferenceStore, Tokens, sampling_key
 from cordlite.objective.weights import cord_token_weights
 
 
