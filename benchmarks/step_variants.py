@@ -23,7 +23,7 @@ import torch
 
 from cordlite.data import encode_views
 from cordlite.objective.references import step_keys
-from cordlite.objective.step import batch_examples, collect, compute_loss
+from cordlite.objective.step import batch_examples, clock, collect, compute_loss
 from cordlite.train import optimizer_step
 from cordlite.train.meter import peak_memory_gb, reset_peak_memory, step_flops
 from cordlite.train.optimizer_step import StepParts, merge_stats, step_seed
@@ -53,9 +53,9 @@ def run_step_former(p: StepParts, step: int) -> dict:
         c = optimizer_step.score_teacher(p.model, c, recipe, rt)
         p.phase("teacher", None)
         loss, stats = compute_loss(p.model, c, recipe, rt, share_prompt=not rt.gradient_checkpointing)
-        tb = optimizer_step._clock(rt)
+        tb = clock(rt)
         (loss * (len(chunk) / t.batch_size)).backward()
-        parts.append({**c.stats, **stats, "backward_s": optimizer_step._clock(rt) - tb})
+        parts.append({**c.stats, **stats, "backward_s": clock(rt) - tb})
         del c, loss
         p.phase("gradient", None)
     t1 = time.perf_counter()
@@ -64,7 +64,7 @@ def run_step_former(p: StepParts, step: int) -> dict:
     lr = p.scheduler.get_last_lr()[0]
     p.optimizer.step()
     p.scheduler.step()
-    optimizer_s = optimizer_step._clock(rt) - t1
+    optimizer_s = clock(rt) - t1
     p.phase("optimizer", None)
     row = merge_stats(parts)
     row.setdefault("references_s", 0.0)

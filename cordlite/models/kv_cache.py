@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import math
 from typing import Iterator
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 ATTENTION = "cordlite_shared_prefix"
 _ACTIVE: contextvars.ContextVar["SharedPrefixCache | None"] = contextvars.ContextVar("cordlite_kv", default=None)
@@ -218,7 +219,7 @@ def shared_prefix_attention(lm, cache: SharedPrefixCache) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def grad_pass_cache(config):
+class GradPassCache(DynamicCache):
     """The cache of the gradient pass that reads each prompt once (objective.logprobs.shared_prompt_hidden):
     a transformers DynamicCache of the decoder's own layer types, safe under gradient checkpointing,
     which replays every layer's forward in backward.
@@ -229,34 +230,37 @@ def grad_pass_cache(config):
     pass's cache: each row's prompt gathered, and every update returns what the dynamic cache would
     (the prompt's keys and values followed by the row's) while leaving the layer as it was, so the
     forward and its replay see the same prompt."""
-    import copy
 
-    from transformers import DynamicCache
+    frozen = False
 
-    class GradPassCache(DynamicCache):
-        frozen = False
+    def __init__(self, config):
+        super().__init__(config=config)
+        self.config = config
 
-        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-            if not self.frozen:
-                if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
-                    return key_states, value_states  # a checkpoint replay of the prompt pass
-                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            layer = self.layers[layer_idx]
-            saved = dict(vars(layer))
-            try:
-                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            finally:
-                vars(layer).clear()
-                vars(layer).update(saved)
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if not self.frozen:
+            if layer_idx < len(self.layers) and self.layers[layer_idx].is_initialized:
+                return key_states, value_states  # a checkpoint replay of the prompt pass
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer = self.layers[layer_idx]
+        saved = dict(vars(layer))
+        try:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        finally:
+            vars(layer).clear()
+            vars(layer).update(saved)
 
-        def continuation(self, source: torch.Tensor) -> "GradPassCache":
-            rows = GradPassCache(config=config)
-            rows.layers = [copy.copy(layer) for layer in self.layers]
-            rows.batch_select_indices(source)  # [n, heads, P, d] per layer: differentiable gathers
-            rows.frozen = True
-            return rows
+    def continuation(self, source: torch.Tensor) -> "GradPassCache":
+        rows = GradPassCache(self.config)
+        rows.layers = [copy.copy(layer) for layer in self.layers]
+        rows.batch_select_indices(source)  # [n, heads, P, d] per layer: differentiable gathers
+        rows.frozen = True
+        return rows
 
-    return GradPassCache(config=config)
+
+def grad_pass_cache(config) -> GradPassCache:
+    """A GradPassCache for a model with `config` (its decoder's layer types)."""
+    return GradPassCache(config)
 
 
 @contextlib.contextmanager

@@ -53,7 +53,7 @@ def _teacher(model, recipe: Recipe):
     return adapters_off(model) if recipe.loss.teacher == "base" else contextlib.nullcontext()
 
 
-def _clock(rt: Runtime) -> float:
+def clock(rt: Runtime) -> float:
     """Seconds, after the GPU has finished the queued work: CUDA runs asynchronously, so without the
     sync a phase's kernels would be charged to whichever later phase first waits for a result."""
     if rt.device.type == "cuda":
@@ -133,7 +133,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
     model.eval()
     ro, lo = recipe.rollout, recipe.loss
     timings: dict[str, float] = {}
-    t0 = _clock(rt)
+    t0 = clock(rt)
     use_tok, use_seq = lo.lambda_tok > 0, lo.lambda_seq > 0
     if keys is None:
         keys = random_keys(len(views.examples), rt.device)
@@ -167,7 +167,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
                 parts.append(sample(model, audio, 1, temperature=ro.distill_temperature, **common))
             elif use_seq:
                 parts.append(sample(model, audio, ro.group_size, temperature=ro.group_temperature, **common))
-    timings["rollout_s"] = _clock(rt) - t0
+    timings["rollout_s"] = clock(rt) - t0
 
     ids = pad_right([p.completion_ids for p in parts], tokens.pad_id)  # [n, L]
     mask = pad_right([p.completion_mask for p in parts], 0)  # [n, L]
@@ -182,7 +182,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
 
     advantages = None
     stats: dict[str, float] = {}
-    t0 = _clock(rt)
+    t0 = clock(rt)
     if use_seq:
         refs, ref_tokens = reference_answers(model, tokenizer, views, recipe, rt, tokens, store)
         group = Rollouts(ids[group_start:], mask[group_start:], finished[group_start:], source[group_start:])
@@ -205,7 +205,7 @@ def collect(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tok
         advantages = group_advantages(rewards, ro.group_size)
         stats.update(reward_mean=rewards.mean().item(), reward_std=rewards.std(unbiased=False).item(),
                      reference_tokens=float(ref_tokens))
-    timings["judge_s"] = _clock(rt) - t0
+    timings["judge_s"] = clock(rt) - t0
 
     lengths = mask.sum(dim=1).float()
     stats.update(tokens_generated=float(mask.sum()), completion_len=lengths.mean().item(),
@@ -222,7 +222,7 @@ def score_teacher(model, c: Collected, recipe: Recipe, rt: Runtime) -> Collected
     """`c` with the teacher's full-vocabulary log-probs of its distillation rows (text view + the same
     tokens, adapters off), where the objective has a token-level divergence; stats gain teacher_s."""
     lo = recipe.loss
-    t0 = _clock(rt)
+    t0 = clock(rt)
     if lo.lambda_tok > 0 and lo.objective != "sft" and c.n_distill:
         model.eval()
         d = slice(0, c.n_distill)
@@ -234,7 +234,7 @@ def score_teacher(model, c: Collected, recipe: Recipe, rt: Runtime) -> Collected
         c.stats["teacher_positions"] = c.stats.get("teacher_positions", 0.0) + c.n_distill * (
             text_prompt["input_ids"].shape[1] + width)
         c.stats["teacher_head_positions"] = c.stats.get("teacher_head_positions", 0.0) + c.n_distill * width
-    c.stats["teacher_s"] = c.stats.get("teacher_s", 0.0) + _clock(rt) - t0
+    c.stats["teacher_s"] = c.stats.get("teacher_s", 0.0) + clock(rt) - t0
     return c
 
 
@@ -247,7 +247,7 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime,
     # The frozen audio encoder stays in eval mode: its dropout/layerdrop must not perturb the student.
     family_of(model).audio_tower(base_of(model)).eval()
     lo = recipe.loss
-    t0 = _clock(rt)
+    t0 = clock(rt)
     with _autocast(rt):
         # With encode_audio_once the encoder runs (with grad) once per prompt, not once per row; the
         # rows' gradients add up on the shared frames, as they would on repeated encoder passes.
@@ -295,7 +295,7 @@ def compute_loss(model, c: Collected, recipe: Recipe, rt: Runtime,
         loss = loss + lo.lambda_seq * seq_loss
         stats.update(st)
     stats["loss"] = loss.item()
-    stats["forward_s"] = _clock(rt) - t0
+    stats["forward_s"] = clock(rt) - t0
     return loss, stats
 
 

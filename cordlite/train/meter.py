@@ -78,7 +78,7 @@ def linear_sizes(model) -> tuple[int, int]:
     for name, module in decoder.named_modules():
         if "lora_" in name or not hasattr(module, "in_features") or not hasattr(module, "out_features"):
             continue
-        if any(hasattr(module, attr) for attr in ("base_layer",)):  # peft's wrapper: its base_layer is counted
+        if hasattr(module, "base_layer"):  # peft's wrapper: its base_layer is counted
             continue
         n_dec += module.in_features * module.out_features
     head = base.get_output_embeddings()

@@ -22,7 +22,8 @@ from cordlite.config import Recipe
 from cordlite.data import AudioCache, Example, batch_indices, encode_views, text_views
 from cordlite.models.audio_view import FrameCache
 from cordlite.objective.references import ReferenceStore, Tokens, step_keys
-from cordlite.objective.step import batch_examples, collect, compute_loss, generate_references, score_teacher
+from cordlite.objective.step import (batch_examples, clock, collect, compute_loss, generate_references,
+                                     score_teacher)
 from cordlite.train.distributed import Dist
 from cordlite.train.meter import peak_memory_gb, reset_peak_memory, step_flops
 
@@ -141,10 +142,10 @@ def run_step(p: StepParts, step: int) -> dict:
         part = score_teacher(p.model, collected.prompts(start, start + t.micro_batch_size), recipe, rt)
         p.phase("teacher", None)
         loss, stats = compute_loss(p.model, part, recipe, rt)
-        tb = _clock(rt)
+        tb = clock(rt)
         share = loss * (len(part.views.examples) / t.batch_size)  # each rank's share of the global mean
         (p.scaler.scale(share) if p.scaler is not None else share).backward()
-        parts.append({**part.stats, **stats, "backward_s": _clock(rt) - tb})
+        parts.append({**part.stats, **stats, "backward_s": clock(rt) - tb})
         del part, loss, share
         p.phase("gradient", None)
     del collected, views
@@ -163,7 +164,7 @@ def run_step(p: StepParts, step: int) -> dict:
     else:
         p.optimizer.step()
     p.scheduler.step()
-    optimizer_s = _clock(rt) - t1
+    optimizer_s = clock(rt) - t1
     p.phase("optimizer", None)
     row = merge_stats([q for rank_parts in dist.gather(parts) for q in rank_parts])
     row.setdefault("references_s", 0.0)
@@ -175,9 +176,3 @@ def run_step(p: StepParts, step: int) -> dict:
                tokens_per_s=row["tokens_generated"] / max(row["rollout_s"], 1e-9), tflops=flops / 1e12,
                mfu=flops / seconds / (p.peak_flops * dist.world) if p.peak_flops else None)
     return row
-
-
-def _clock(rt) -> float:
-    if rt.device.type == "cuda":
-        torch.cuda.synchronize(rt.device)
-    return time.perf_counter()
