@@ -50,7 +50,7 @@ def run(testbed: str, steps: int, threads: int, batch_size: int) -> dict:
             overrides.append(f"data.frames={frames}")
         recipe = recipe_from_dict(raw, source="recipes/testbed_cord.yaml", overrides=overrides)
         t0 = time.perf_counter()
-        train(recipe)
+        train(recipe, overwrite=True)
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
     timed = rows[2:]

@@ -36,7 +36,7 @@ def run(testbed: str, once: bool, steps: int, out: Path, threads: int) -> dict:
         f"train.max_steps={steps}", f"output.dir={run_dir}", f"output.save_every={steps}", "output.progress=false",
         f"rollout.encode_audio_once={str(once).lower()}"])
     t0 = time.perf_counter()
-    train(recipe)
+    train(recipe, overwrite=True)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     timed = rows[1:]

@@ -43,16 +43,21 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @overrides_option
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in output.dir.")
+@click.option("--resume", is_flag=True, help="Continue the run in output.dir from its last intact checkpoint (the "
+              "recipe must be the run's; only max_steps, checkpointing, progress and memory settings may change).")
+@click.option("--overwrite", is_flag=True, help="Start the run in output.dir again from step 0, removing its results.")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Data-parallel processes on this machine, started through accelerate launch.")
-def train(recipe: str, overrides: tuple[str, ...], resume: bool, num_processes: int) -> None:
+def train(recipe: str, overrides: tuple[str, ...], resume: bool, overwrite: bool, num_processes: int) -> None:
     """Train with CORD as RECIPE says; writes config.yaml, metrics.jsonl, checkpoints/ and adapter/."""
+    if resume and overwrite:
+        fail("--resume and --overwrite: pass one (continue the run, or start it again from step 0)")
     cfg = _recipe(recipe, overrides)
     if num_processes > 1 and "WORLD_SIZE" not in os.environ:
         from cordlite.train.distributed import launch
 
-        argv = ["train", recipe, *(a for kv in overrides for a in ("--set", kv)), *(["--resume"] if resume else [])]
+        argv = ["train", recipe, *(a for kv in overrides for a in ("--set", kv)), *(["--resume"] if resume else []),
+                *(["--overwrite"] if overwrite else [])]
         sys.exit(launch(num_processes, argv))
     from cordlite.audio import AudioError
     from cordlite.data import ManifestError
@@ -61,7 +66,7 @@ def train(recipe: str, overrides: tuple[str, ...], resume: bool, num_processes: 
     from cordlite.train.trainer import TrainError, train as run
 
     try:
-        run_dir = run(cfg, resume=resume)
+        run_dir = run(cfg, resume=resume, overwrite=overwrite)
     except (TrainError, ManifestError, AudioError, ModelLoadError, BudgetError) as e:
         fail(str(e), 1)
     click.echo(f"done: adapter in {run_dir / 'adapter'}, metrics in {run_dir / 'metrics.jsonl'}")

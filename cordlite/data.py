@@ -73,6 +73,12 @@ def read_manifest(path: str | Path, check_audio_exists: bool = True, skipped: li
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
+                if not examples and not problems and not line.lstrip().startswith(("{", "[")) and (
+                        "," in line or "\t" in line or path.suffix.lower() in (".csv", ".tsv")):
+                    kind = "TSV" if "\t" in line else "CSV"
+                    raise ManifestError(f"{path}: a manifest is JSONL, one JSON object per line, and this looks like "
+                                        f"{kind}; `cordlite data tts -i {path}` voices a table's questions into a "
+                                        "manifest (docs/data_tools.md)") from None
                 problems.append(f"line {lineno}: not valid JSON ({e.msg})")
                 continue
             if not isinstance(row, dict):

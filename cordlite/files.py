@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterable
@@ -44,6 +45,19 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def io_error_of(e: BaseException, path: str | Path) -> OSError | None:
+    """An error of a writer that hides the OS error inside its own class (safetensors' SafetensorError:
+    "... I/O error: No space left on device (os error 28)"; a RuntimeError from torch) as the OSError
+    it is, naming `path`; None when `e` carries no OS error."""
+    if isinstance(e, OSError):
+        return e if e.filename is not None else OSError(e.errno, e.strerror, str(path))
+    match = re.search(r"\(os error (\d+)\)", str(e))
+    if match is None:
+        return None
+    code = int(match.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -137,7 +137,8 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
         problems.append("judge.quantization: 'int8' needs CUDA in bitsandbytes; use 'nf4' or 'none' on CPU")
 
     o = r.optim
-    need(o.lr > 0, f"optim.lr: {o.lr} must be > 0")
+    need(0 < o.lr <= 1, f"optim.lr: {o.lr:g} must be in (0, 1]: AdamW moves every weight by about lr each step, "
+         "so above 1 a LoRA adapter only blows up; LoRA runs use 1e-5 to 1e-3 (the default is 3e-5)")
     need(o.weight_decay >= 0, f"optim.weight_decay: {o.weight_decay} must be >= 0")
     need(all(0 <= b < 1 for b in o.betas), f"optim.betas: {list(o.betas)} must be in [0, 1)")
     need(o.eps > 0, f"optim.eps: {o.eps} must be > 0")

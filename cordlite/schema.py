@@ -9,6 +9,7 @@ Nothing raises until the caller has gathered everything, so one message can list
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import types
 import typing
@@ -27,6 +28,13 @@ class ConfigError(ValueError):
 
 
 _MISSING = object()
+ECHO_LIMIT = 80  # characters of a bad value an error line repeats (a YAML alias bomb expands to megabytes)
+
+
+def shown(value: Any) -> str:
+    """repr(value), cut to ECHO_LIMIT characters."""
+    text = repr(value)
+    return text if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]}... ({len(text)} characters)"
 
 
 def _did_you_mean(name: str, options: list[str]) -> str:
@@ -67,7 +75,7 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         if isinstance(value, str):
             close = difflib.get_close_matches(value, [str(c) for c in choices], n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-        problems.append(f"{path}: {value!r} is not one of {_type_name(tp)}{hint}")
+        problems.append(f"{path}: {shown(value)} is not one of {_type_name(tp)}{hint}")
         return _MISSING
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -80,17 +88,17 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             out = _coerce(value, arg, path, trial)
             if not trial:
                 return out
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        problems.append(f"{path}: expected {_type_name(tp)}, got {shown(value)}")
         return _MISSING
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{path}: expected a {_type_name(tp)}, got {value!r}")
+            problems.append(f"{path}: expected a {_type_name(tp)}, got {shown(value)}")
             return _MISSING
         if len(args) == 2 and args[1] is Ellipsis:
             elem_types = [args[0]] * len(value)
         elif len(args) != len(value):
-            problems.append(f"{path}: expected {len(args)} values, got {len(value)} ({value!r})")
+            problems.append(f"{path}: expected {len(args)} values, got {len(value)} ({shown(value)})")
             return _MISSING
         else:
             elem_types = list(args)
@@ -99,27 +107,31 @@ def _coerce(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        problems.append(f"{path}: expected true or false, got {value!r}")
+        problems.append(f"{path}: expected true or false, got {shown(value)}")
         return _MISSING
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        problems.append(f"{path}: expected an integer, got {value!r}")
+        problems.append(f"{path}: expected an integer, got {shown(value)}")
         return _MISSING
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-5" as a string; accept what float() accepts
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-5" as a string; accept what float() accepts
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        problems.append(f"{path}: expected a number, got {value!r}")
+        if number is not None and math.isfinite(number):
+            return number
+        what = "a finite number" if number is not None else "a number"
+        problems.append(f"{path}: expected {what}, got {shown(value)}")
         return _MISSING
     if tp is str:
         if isinstance(value, str):
             return value
-        problems.append(f"{path}: expected a string, got {value!r} (quote it in YAML)")
+        problems.append(f"{path}: expected a string, got {shown(value)} (quote it in YAML)")
         return _MISSING
     raise TypeError(f"unsupported annotation {tp!r} at {path}")
 
@@ -128,7 +140,7 @@ def build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(f"{path or 'recipe'}: expected a mapping of keys, got {raw!r}")
+        problems.append(f"{path or 'recipe'}: expected a mapping of keys, got {shown(raw)}")
         return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]

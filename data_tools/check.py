@@ -100,7 +100,7 @@ def check_manifest(path: str | Path, limits: CheckLimits = CheckLimits(), worker
         return _report(path, limits, 0, problems, warnings, [])
     rows: list[tuple[int, dict]] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8", errors="replace") as fh:
+    with path.open(encoding="utf-8-sig", errors="replace") as fh:  # a BOM is accepted, as by every reader
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -141,3 +141,46 @@ def _text_view_logprobs(model, views, ids, mask, teacher: bool):
             with adapters_off(model):
                 return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
         return full_logprobs(model, completion_hidden(model, prompt, ids, mask), 4)
+
+
+def tiny_raw(model_dir: Path, manifest: Path, out: Path, steps: int = 2, **sections) -> dict:
+    """The tiny CPU recipe as a mapping: `steps` steps of one prompt, a checkpoint every step.
+    `sections` replace fields per section, e.g. optim={"lr": 1e-3}."""
+    raw = {"model": {"name_or_path": str(model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+           "data": {"train_manifest": str(manifest), "instruction": "Answer the question."},
+           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3}, "optim": {"lr": 1e-2},
+           "train": {"max_steps": steps, "batch_size": 1, "micro_batch_size": 1, "seed": 0},
+           "output": {"dir": str(out), "progress": False, "save_every": 1, "keep_last": 3}}
+    for section, fields in sections.items():
+        raw[section] = {**raw.get(section, {}), **fields}
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model_dir: Path, tiny_manifest: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(raw recipe, run folder) of a finished 2-step tiny run with checkpoints of steps 1 and 2 and
+    its adapter; copy it before changing anything."""
+    from cordlite.recipe import recipe_from_dict
+    from cordlite.train.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    raw = tiny_raw(tiny_model_dir, tiny_manifest, out)
+    train(recipe_from_dict(raw))
+    return raw, out
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root`, by relative path."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*") if p.is_file()}
+
+
+def one_error_line(output: str) -> str:
+    """The one `error:` line of a command's output (asserting there is exactly one and no traceback)."""
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, output
+    return output[output.index("error: "):]

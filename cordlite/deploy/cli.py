@@ -17,10 +17,10 @@ def _deploy_errors() -> tuple[type[BaseException], ...]:
     from cordlite.audio import AudioError
     from cordlite.data import ManifestError
     from cordlite.deploy.merge import MergeError
-    from cordlite.models.adapter import AdapterBaseMismatch
+    from cordlite.models.adapter import AdapterBaseMismatch, AdapterError
     from cordlite.models.runtime import ModelLoadError
 
-    return (MergeError, AdapterBaseMismatch, ModelLoadError, AudioError, ManifestError, FileNotFoundError)
+    return (MergeError, AdapterBaseMismatch, AdapterError, ModelLoadError, AudioError, ManifestError, FileNotFoundError)
 
 
 @click.command()
@@ -88,20 +88,26 @@ def infer(model_path: str, adapter: str | None, audio_path: str | None, question
         fail("--manifest needs --out answers.jsonl")
     if batch_size < 1 or max_new_tokens < 1:
         fail("--batch-size and --max-new-tokens must be >= 1")
+    from contextlib import nullcontext
+
     from cordlite.deploy import infer as inf
+    from cordlite.lock import writer_lock
 
+    # --out is this command's for its whole life, from before the model loads
+    lock = writer_lock(out_path, "cordlite infer", fix="pass another --out") if out_path else nullcontext()
     try:
-        clip = inf.read_clip(audio_path) if audio_path is not None else None  # a bad file fails before the model loads
-        if manifest is not None:
-            from cordlite.data import read_manifest
+        with lock:
+            clip = inf.read_clip(audio_path) if audio_path is not None else None  # a bad file fails before the model loads
+            if manifest is not None:
+                from cordlite.data import read_manifest
 
-            read_manifest(manifest)
-        ans = inf.load_answerer(model_path, adapter, allow_base_mismatch=allow_base_mismatch, device=device,
-                                dtype=dtype, quantize=quantize, max_new_tokens=max_new_tokens, question=question)
-        if clip is not None:
-            click.echo(inf.answer_file(ans, audio_path))
-            return
-        new, before = inf.answer_manifest(ans, manifest, out_path, batch_size=batch_size, overwrite=overwrite)
+                read_manifest(manifest)
+            ans = inf.load_answerer(model_path, adapter, allow_base_mismatch=allow_base_mismatch, device=device,
+                                    dtype=dtype, quantize=quantize, max_new_tokens=max_new_tokens, question=question)
+            if clip is not None:
+                click.echo(inf.answer_file(ans, audio_path))
+                return
+            new, before = inf.answer_manifest(ans, manifest, out_path, batch_size=batch_size, overwrite=overwrite)
     except _deploy_errors() as e:
         fail(str(e), 1)
     click.echo(f"done: {new} answered now, {before} before, in {out_path}")

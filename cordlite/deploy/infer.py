@@ -25,6 +25,7 @@ import torch
 
 from cordlite.audio import SAMPLE_RATE, AudioError, load_audio
 from cordlite.deploy.loading import load_model, resolve_adapter
+from cordlite.lock import writer_lock
 
 
 @dataclass
@@ -156,34 +157,35 @@ def _done_rows(out: Path) -> dict[str, dict]:
 def answer_manifest(ans: Answerer, manifest: str | Path, out: str | Path, batch_size: int = 1,
                     overwrite: bool = False, progress: bool = True) -> tuple[int, int]:
     """Answer every row of a manifest into JSONL `out`; returns (answered now, answered before)."""
-    from cordlite.data import read_manifest
+    with writer_lock(out, "cordlite infer", fix="pass another --out"):
+        from cordlite.data import read_manifest
 
-    examples = read_manifest(manifest)  # reports every missing audio file at once
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if overwrite and out.exists():
-        out.unlink()
-    done = _done_rows(out)
-    todo = [ex for ex in examples if ex.id not in done]
-    if done:
-        print(f"{out}: {len(examples) - len(todo)} of {len(examples)} rows already answered; continuing",
-              file=sys.stderr)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        examples = read_manifest(manifest)  # reports every missing audio file at once
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite and out.exists():
+            out.unlink()
+        done = _done_rows(out)
+        todo = [ex for ex in examples if ex.id not in done]
+        if done:
+            print(f"{out}: {len(examples) - len(todo)} of {len(examples)} rows already answered; continuing",
+                  file=sys.stderr)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="infer", unit="q", dynamic_ncols=True)
-    window = _window_seconds(ans.processor)
-    with out.open("a", encoding="utf-8") as f:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            answers = answer_clips(ans, [read_clip(ex.audio_path, window) for ex in chunk])
-            for ex, text in zip(chunk, answers):
-                f.write(json.dumps({"id": ex.id, "audio_path": str(ex.audio_path), "prediction": text,
-                                    "question": ex.question, "answer": ex.answer}) + "\n")
-            f.flush()
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return len(todo), len(examples) - len(todo)
+            bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="infer", unit="q", dynamic_ncols=True)
+        window = _window_seconds(ans.processor)
+        with out.open("a", encoding="utf-8") as f:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                answers = answer_clips(ans, [read_clip(ex.audio_path, window) for ex in chunk])
+                for ex, text in zip(chunk, answers):
+                    f.write(json.dumps({"id": ex.id, "audio_path": str(ex.audio_path), "prediction": text,
+                                        "question": ex.question, "answer": ex.answer}) + "\n")
+                f.flush()
+                if bar is not None:
+                    bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
+        return len(todo), len(examples) - len(todo)

@@ -33,7 +33,8 @@ import torch
 
 from cordlite.deploy.loading import AdapterSource, MergeError, resolve_adapter
 from cordlite.deploy.merge_check import CheckResult
-from cordlite.files import remove_dead_temps
+from cordlite.files import io_error_of, remove_dead_temps
+from cordlite.lock import writer_lock
 
 TMP_TAG = ".merge-tmp-"
 CHECK_FILE = "merge_check.json"
@@ -151,93 +152,99 @@ def merge(source: str | Path | AdapterSource, out: str | Path, *, dtype: str = "
     `progress(stage, message)` is called at each stage: load, reference, merge, saved, check,
     quantize, done.
     """
-    from cordlite.config import ModelConfig, QuantizationConfig
-    from cordlite.deploy.loading import load_model, pick_device
-    from cordlite.deploy.merge_check import check_items as make_items
-    from cordlite.deploy.merge_check import compare, reference
-    from cordlite.files import replace_dir
-    from cordlite.models.adapter import check_adapter_base, load_adapter
-    from cordlite.models.families import family_of
-    from cordlite.models.load import load_base
-    from cordlite.models.runtime import DTYPES, Runtime
+    with writer_lock(out, "cordlite merge", fix="pass another --out"):
+        from cordlite.config import ModelConfig, QuantizationConfig
+        from cordlite.deploy.loading import load_model, pick_device
+        from cordlite.deploy.merge_check import check_items as make_items
+        from cordlite.deploy.merge_check import compare, reference
+        from cordlite.files import replace_dir
+        from cordlite.models.adapter import check_adapter_base, load_adapter
+        from cordlite.models.families import family_of
+        from cordlite.models.load import load_base
+        from cordlite.models.runtime import DTYPES, Runtime
 
-    if dtype not in ("bfloat16", "float32"):
-        raise MergeError(f"--dtype: {dtype!r}; use bfloat16 or float32 (merging into 4-bit weights loses the delta)")
-    if quantize not in ("none", "nf4"):
-        raise MergeError(f"--quantize: {quantize!r}; use none or nf4")
-    src = source if isinstance(source, AdapterSource) else resolve_adapter(source)
-    evals = eval_summaries(src.run_dir, eval_summary)  # a bad --eval-summary fails before the work
-    base_id = base or src.base_model
-    if not base_id:
-        raise MergeError(f"{src.adapter_dir}: the adapter records no base model; pass --base MODEL")
-    if not allow_base_mismatch:
-        check_adapter_base(src.adapter_dir, base_id)  # before minutes of loading
-    out = Path(out).expanduser().absolute()
-    keep = [src.adapter_dir] + ([Path(base_id)] if Path(base_id).expanduser().exists() else [])
-    check_out_dir(out, overwrite, keep)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_temps(out):
-        progress("load", f"removed {stale.name}, left by a merge that was killed")
+        if dtype not in ("bfloat16", "float32"):
+            raise MergeError(f"--dtype: {dtype!r}; use bfloat16 or float32 (merging into 4-bit weights loses the delta)")
+        if quantize not in ("none", "nf4"):
+            raise MergeError(f"--quantize: {quantize!r}; use none or nf4")
+        src = source if isinstance(source, AdapterSource) else resolve_adapter(source)
+        evals = eval_summaries(src.run_dir, eval_summary)  # a bad --eval-summary fails before the work
+        base_id = base or src.base_model
+        if not base_id:
+            raise MergeError(f"{src.adapter_dir}: the adapter records no base model; pass --base MODEL")
+        if not allow_base_mismatch:
+            check_adapter_base(src.adapter_dir, base_id)  # before minutes of loading
+        out = Path(out).expanduser().absolute()
+        keep = [src.adapter_dir] + ([Path(base_id)] if Path(base_id).expanduser().exists() else [])
+        check_out_dir(out, overwrite, keep)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in remove_stale_temps(out):
+            progress("load", f"removed {stale.name}, left by a merge that was killed")
 
-    dev = pick_device(device)
-    rt = Runtime(dev, DTYPES[dtype], DTYPES[dtype], autocast=False, gradient_checkpointing=False)
-    recipe_model = (src.recipe or {}).get("model", {})
-    revision = recipe_model.get("revision") if base_id == src.base_model else None
-    tmp = out.with_name(f".{out.name}{TMP_TAG}{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        progress("load", f"base {base_id} ({dtype}, unquantised) on {dev}, adapter {src.adapter_dir}")
-        model, processor = load_base(ModelConfig(name_or_path=base_id, revision=revision), QuantizationConfig(mode="none"), rt)
-        model = load_adapter(model, src.adapter_dir, allow_base_mismatch=allow_base_mismatch).eval()
-        family = family_of(model)
-        items = ref = None
-        if check_items > 0:
-            items = make_items(check_items, src.recipe, check_manifest)
-            progress("reference", f"base + adapter answers {len(items.clips)} items ({items.source})")
-            ref = reference(model, processor, items, check_tokens)
-        progress("merge", "adding the LoRA deltas to the base weights")
-        merged = model.merge_and_unload(safe_merge=True)
-        full = tmp / "full"
-        merged.save_pretrained(full, max_shard_size=max_shard_size)
-        # The base's own processor files, untouched (load_base switched padding to the left for training).
-        export_processor = family.load_processor(base_id, revision)
-        export_processor.save_pretrained(full)
-        del merged, model
-        _free()
-        progress("saved", f"weights and processor written to {full}")
-
-        check = nf4_check = None
-        if ref is not None:
-            reloaded = family.transformers_class().from_pretrained(full, dtype=DTYPES[dtype]).to(dev).eval()
-            check = compare(reloaded, processor, items, ref, dtype, check_tokens)
-            del reloaded
+        dev = pick_device(device)
+        rt = Runtime(dev, DTYPES[dtype], DTYPES[dtype], autocast=False, gradient_checkpointing=False)
+        recipe_model = (src.recipe or {}).get("model", {})
+        revision = recipe_model.get("revision") if base_id == src.base_model else None
+        tmp = out.with_name(f".{out.name}{TMP_TAG}{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            progress("load", f"base {base_id} ({dtype}, unquantised) on {dev}, adapter {src.adapter_dir}")
+            model, processor = load_base(ModelConfig(name_or_path=base_id, revision=revision), QuantizationConfig(mode="none"), rt)
+            model = load_adapter(model, src.adapter_dir, allow_base_mismatch=allow_base_mismatch).eval()
+            family = family_of(model)
+            items = ref = None
+            if check_items > 0:
+                items = make_items(check_items, src.recipe, check_manifest)
+                progress("reference", f"base + adapter answers {len(items.clips)} items ({items.source})")
+                ref = reference(model, processor, items, check_tokens)
+            progress("merge", "adding the LoRA deltas to the base weights")
+            merged = model.merge_and_unload(safe_merge=True)
+            full = tmp / "full"
+            merged.save_pretrained(full, max_shard_size=max_shard_size)
+            # The base's own processor files, untouched (load_base switched padding to the left for training).
+            export_processor = family.load_processor(base_id, revision)
+            export_processor.save_pretrained(full)
+            del merged, model
             _free()
-            progress("check", check.summary())
-        final = full
-        if quantize == "nf4":
-            final = tmp / "nf4"
-            progress("quantize", "re-quantising the language model to NF4")
-            qmodel, _ = load_model(str(full), device=dev.type, dtype=dtype, quantize="nf4")
-            qmodel.save_pretrained(final, max_shard_size=max_shard_size)  # before any forward pass
-            del qmodel
-            _free()
-            export_processor.save_pretrained(final)
-            shutil.rmtree(full)
+            progress("saved", f"weights and processor written to {full}")
+
+            check = nf4_check = None
             if ref is not None:
-                qmodel, _ = load_model(str(final), device=dev.type, dtype=dtype)
-                nf4_check = compare(qmodel, processor, items, ref, dtype, check_tokens, checked=False)
+                reloaded = family.transformers_class().from_pretrained(full, dtype=DTYPES[dtype]).to(dev).eval()
+                check = compare(reloaded, processor, items, ref, dtype, check_tokens)
+                del reloaded
+                _free()
+                progress("check", check.summary())
+            final = full
+            if quantize == "nf4":
+                final = tmp / "nf4"
+                progress("quantize", "re-quantising the language model to NF4")
+                qmodel, _ = load_model(str(full), device=dev.type, dtype=dtype, quantize="nf4")
+                qmodel.save_pretrained(final, max_shard_size=max_shard_size)  # before any forward pass
                 del qmodel
                 _free()
-                progress("check", "NF4: " + nf4_check.summary())
+                export_processor.save_pretrained(final)
+                shutil.rmtree(full)
+                if ref is not None:
+                    qmodel, _ = load_model(str(final), device=dev.type, dtype=dtype)
+                    nf4_check = compare(qmodel, processor, items, ref, dtype, check_tokens, checked=False)
+                    del qmodel
+                    _free()
+                    progress("check", "NF4: " + nf4_check.summary())
 
-        _write_records(final, out.name, export_record(src, base_id, dtype, quantize, family), check, nf4_check, evals)
-        if check is not None and not check.passed and not allow_check_failure:
-            raise MergeError(f"merge check failed: {check.summary()}. Nothing was written to {out}. Merge with "
-                             "--dtype float32 to tell rounding from a real mismatch, or pass --allow-check-failure "
-                             "to export anyway (the card records the failure)")
-        check_out_dir(out, overwrite, keep)  # something may have appeared there while we worked
-        replace_dir(final, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    progress("done", f"merged checkpoint in {out}")
-    return MergeResult(out, check, nf4_check)
+            _write_records(final, out.name, export_record(src, base_id, dtype, quantize, family), check, nf4_check, evals)
+            if check is not None and not check.passed and not allow_check_failure:
+                raise MergeError(f"merge check failed: {check.summary()}. Nothing was written to {out}. Merge with "
+                                 "--dtype float32 to tell rounding from a real mismatch, or pass --allow-check-failure "
+                                 "to export anyway (the card records the failure)")
+            check_out_dir(out, overwrite, keep)  # something may have appeared there while we worked
+            replace_dir(final, out)
+        except Exception as e:  # safetensors hides a full disk in its own error: say it as the OS error it is
+            err = io_error_of(e, tmp)
+            if err is None or isinstance(e, OSError):
+                raise
+            raise err from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        progress("done", f"merged checkpoint in {out}")
+        return MergeResult(out, check, nf4_check)

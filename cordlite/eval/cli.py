@@ -22,9 +22,10 @@ def _eval_errors() -> tuple[type[BaseException], ...]:
     from cordlite.data import ManifestError
     from cordlite.eval.io import EvalError
     from cordlite.judge.llm import JudgeError
+    from cordlite.models.adapter import AdapterBaseMismatch, AdapterError
     from cordlite.models.runtime import ModelLoadError
 
-    return (EvalError, ManifestError, AudioError, ModelLoadError, JudgeError)
+    return (EvalError, ManifestError, AudioError, ModelLoadError, JudgeError, AdapterError, AdapterBaseMismatch)
 
 
 _model_options = [

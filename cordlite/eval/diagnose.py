@@ -32,6 +32,7 @@ import numpy as np
 from cordlite.eval.io import EvalError, check_run_file, load_eval_model, resolve_model, resolve_prompt
 from cordlite.eval.report import divergence_histogram, heat_strip
 from cordlite.files import append_jsonl, md_table, read_jsonl, write_text_atomic
+from cordlite.lock import writer_lock
 
 
 @dataclass(frozen=True)
@@ -151,70 +152,71 @@ def _rollout_rows(net, processor, rt, exs, first_index: int, s: DiagnoseSettings
 
 
 def run_diagnose(s: DiagnoseSettings) -> dict:
-    from cordlite.data import read_manifest
-    from cordlite.models.tokens import audio_special_token_ids, end_token_ids
+    with writer_lock(s.out, "cordlite diagnose", fix="pass another --out"):
+        from cordlite.data import read_manifest
+        from cordlite.models.tokens import audio_special_token_ids, end_token_ids
 
-    s, _ = resolve_prompt(s)
-    if min(s.rollouts, s.batch_size, s.max_new_tokens, s.chunk_size, s.top) < 1 or s.temperature <= 0:
-        raise EvalError("--rollouts, --batch-size, --max-new-tokens, --chunk-size and --top must be >= 1 and "
-                        "--temperature > 0 (D_t is measured along sampled rollouts)")
-    examples = read_manifest(s.manifest)
-    if s.limit is not None:
-        examples = examples[: s.limit]
-    if s.strip is not None and s.strip not in {ex.id for ex in examples}:
-        raise EvalError(f"--strip {s.strip!r}: no such item id among the {len(examples)} items diagnosed")
-    model_path = resolve_model(s.model, s.adapter)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {**dataclasses.asdict(s), "model": model_path}
-    check_run_file(out, settings, RESUME_KEYS, "rollouts.jsonl", s.overwrite)
-    path = out / "rollouts.jsonl"
-    counts: dict[str, int] = defaultdict(int)
-    for row in read_jsonl(path):
-        counts[row.get("id")] += 1
-    todo = [(i, ex) for i, ex in enumerate(examples) if counts[ex.id] < s.rollouts]
-    if todo:
-        net, processor, rt = load_eval_model(model_path, s.adapter, s.quantization, s.device)
-        end = end_token_ids(net, processor.tokenizer)
-        pad = processor.tokenizer.pad_token_id
-        tokens = (end, pad if pad is not None else end[-1], audio_special_token_ids(processor.tokenizer))
-        bar = None
-        if s.progress:
-            from tqdm.auto import tqdm
+        s, _ = resolve_prompt(s)
+        if min(s.rollouts, s.batch_size, s.max_new_tokens, s.chunk_size, s.top) < 1 or s.temperature <= 0:
+            raise EvalError("--rollouts, --batch-size, --max-new-tokens, --chunk-size and --top must be >= 1 and "
+                            "--temperature > 0 (D_t is measured along sampled rollouts)")
+        examples = read_manifest(s.manifest)
+        if s.limit is not None:
+            examples = examples[: s.limit]
+        if s.strip is not None and s.strip not in {ex.id for ex in examples}:
+            raise EvalError(f"--strip {s.strip!r}: no such item id among the {len(examples)} items diagnosed")
+        model_path = resolve_model(s.model, s.adapter)
+        out = Path(s.out)
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {**dataclasses.asdict(s), "model": model_path}
+        check_run_file(out, settings, RESUME_KEYS, "rollouts.jsonl", s.overwrite)
+        path = out / "rollouts.jsonl"
+        counts: dict[str, int] = defaultdict(int)
+        for row in read_jsonl(path):
+            counts[row.get("id")] += 1
+        todo = [(i, ex) for i, ex in enumerate(examples) if counts[ex.id] < s.rollouts]
+        if todo:
+            net, processor, rt = load_eval_model(model_path, s.adapter, s.quantization, s.device)
+            end = end_token_ids(net, processor.tokenizer)
+            pad = processor.tokenizer.pad_token_id
+            tokens = (end, pad if pad is not None else end[-1], audio_special_token_ids(processor.tokenizer))
+            bar = None
+            if s.progress:
+                from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="diagnose", unit="item",
-                       file=sys.stderr)
-        for start in range(0, len(todo), s.batch_size):
-            chunk = todo[start : start + s.batch_size]
-            append_jsonl(path, _rollout_rows(net, processor, rt, [ex for _, ex in chunk], chunk[0][0], s, tokens))
+                bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="diagnose", unit="item",
+                           file=sys.stderr)
+            for start in range(0, len(todo), s.batch_size):
+                chunk = todo[start : start + s.batch_size]
+                append_jsonl(path, _rollout_rows(net, processor, rt, [ex for _, ex in chunk], chunk[0][0], s, tokens))
+                if bar is not None:
+                    bar.update(len(chunk))
             if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-    wanted = {ex.id for ex in examples}
-    seen: set[tuple] = set()
-    rows = []
-    for row in read_jsonl(path):
-        key = (row.get("id"), row.get("rollout"))
-        if row.get("id") in wanted and key not in seen:
-            seen.add(key)
-            rows.append(row)
-    order = {ex.id: i for i, ex in enumerate(examples)}
-    rows.sort(key=lambda r: (order[r["id"]], r["rollout"]))
-    stats = analyse(rows, s.top, s.min_count)
-    strip_row = next(r for r in rows if r["id"] == (s.strip or rows[0]["id"]))
-    report = {"model": model_path, "adapter": s.adapter, "manifest": s.manifest, "n_items": len(examples),
-              "sampling": {"rollouts_per_item": s.rollouts, "temperature": s.temperature,
-                           "max_new_tokens": s.max_new_tokens, "seed": s.seed, "quantization": s.quantization},
-              "prompt": {"instruction": s.instruction, "system_prompt": s.system_prompt},
-              "teacher": "base text view (adapters off)" if s.adapter else "text view of the same model",
-              "heat_strip": {"id": strip_row["id"], "rollout": strip_row["rollout"]}, **stats}
-    write_text_atomic(out / "diagnose.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(out / "diagnose.md", _markdown(report))
-    divergence_histogram([d for r in rows for d in r["kl"]], stats["p80"], out / "kl_histogram.png")
-    heat_strip(strip_row["tokens"], strip_row["kl"], out / "heat_strip.png",
-               title=f"D_t along rollout {strip_row['rollout']} of {strip_row['id']}")
-    return report
+                bar.close()
+        wanted = {ex.id for ex in examples}
+        seen: set[tuple] = set()
+        rows = []
+        for row in read_jsonl(path):
+            key = (row.get("id"), row.get("rollout"))
+            if row.get("id") in wanted and key not in seen:
+                seen.add(key)
+                rows.append(row)
+        order = {ex.id: i for i, ex in enumerate(examples)}
+        rows.sort(key=lambda r: (order[r["id"]], r["rollout"]))
+        stats = analyse(rows, s.top, s.min_count)
+        strip_row = next(r for r in rows if r["id"] == (s.strip or rows[0]["id"]))
+        report = {"model": model_path, "adapter": s.adapter, "manifest": s.manifest, "n_items": len(examples),
+                  "sampling": {"rollouts_per_item": s.rollouts, "temperature": s.temperature,
+                               "max_new_tokens": s.max_new_tokens, "seed": s.seed, "quantization": s.quantization},
+                  "prompt": {"instruction": s.instruction, "system_prompt": s.system_prompt},
+                  "teacher": "base text view (adapters off)" if s.adapter else "text view of the same model",
+                  "heat_strip": {"id": strip_row["id"], "rollout": strip_row["rollout"]}, **stats}
+        write_text_atomic(out / "diagnose.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(out / "diagnose.md", _markdown(report))
+        divergence_histogram([d for r in rows for d in r["kl"]], stats["p80"], out / "kl_histogram.png")
+        heat_strip(strip_row["tokens"], strip_row["kl"], out / "heat_strip.png",
+                   title=f"D_t along rollout {strip_row['rollout']} of {strip_row['id']}")
+        return report
 
 
 def _markdown(r: dict) -> str:

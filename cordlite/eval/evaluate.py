@@ -44,6 +44,7 @@ from cordlite.eval.summary import baseline_mismatch, baseline_report, load_basel
 from cordlite.files import append_jsonl, read_jsonl
 from cordlite.judge.conventions import EXTRACTION_MODES, convention_score
 from cordlite.judge.verify import LETTERS, describe, extract_final_answer, has_final_answer
+from cordlite.lock import writer_lock
 
 
 @dataclass(frozen=True)
@@ -213,53 +214,54 @@ def _generate_missing(s: EvalSettings, model_path: str, examples: list, done: se
 
 def run_eval(s: EvalSettings) -> dict:
     """Answer, score and summarise; returns the summary (also written to OUT/summary.json)."""
-    from cordlite.data import AudioCache, check_clips, clip_problems_message, read_manifest
+    with writer_lock(s.out, "cordlite eval", fix="pass another --out"):
+        from cordlite.data import AudioCache, check_clips, clip_problems_message, read_manifest
 
-    if s.batch_size < 1 or (s.max_new_tokens is not None and s.max_new_tokens < 1) or s.temperature < 0 \
-            or not 0 < s.top_p <= 1:
-        raise EvalError("--batch-size and --max-new-tokens must be >= 1, --temperature >= 0 (0 = greedy), "
-                        "--top-p in (0, 1]")
-    examples = read_manifest(s.manifest)
-    unlabelled = [ex.id for ex in examples if ex.answer is None or not ex.answer.strip()]
-    if unlabelled:
-        raise EvalError(f"{s.manifest}: {len(unlabelled)} row(s) have no `answer` (first: {unlabelled[:3]}); "
-                        "eval scores against ground truth, so add answers or drop those rows")
-    bad = [(ex.id, extraction_of(ex)) for ex in examples if extraction_of(ex) not in EXTRACTION_MODES]
-    if bad:
-        raise EvalError(f"{s.manifest}: row {bad[0][0]!r} has extraction {bad[0][1]!r} ({len(bad)} row(s) in all); "
-                        f"use one of {', '.join(EXTRACTION_MODES)} or drop the field (the judge decides)")
-    s, origin = resolve_prompt(s)
-    if origin["instruction"] == "none recorded" and s.progress:
-        print(f"note: no training prompt is recorded for {s.model or s.adapter}: answering with no instruction "
-              "after the question; pass --recipe RECIPE or --instruction TEXT as in training", file=sys.stderr)
-    if s.limit is not None:
-        examples = examples[: s.limit]
-    clips = check_clips(examples, AudioCache().max_seconds, limit="the audio window")  # headers only: every bad clip before the model loads
-    if clips.problems:
-        raise EvalError(clip_problems_message(Path(s.manifest), clips.problems))
-    for note in clips.notes():
-        print(f"note: {s.manifest}: {note}", file=sys.stderr)
-    model_path = resolve_model(s.model, s.adapter)
-    settings = {**dataclasses.asdict(s), "model": model_path}
-    baseline = load_baseline(s.baseline) if s.baseline else None
-    mismatch = baseline_mismatch(baseline, settings) if baseline is not None else []
-    if mismatch and not s.allow_baseline_mismatch:  # before any answer: the comparison would mean nothing
-        raise EvalError(f"--baseline {s.baseline} was made with other settings ({'; '.join(mismatch)}): its gap "
-                        "is not comparable with this run's. Evaluate both with the same prompt and decoding (an "
-                        "adapter's eval takes its training prompt; give the base eval --recipe RECIPE), or pass "
-                        "--allow-baseline-mismatch to compare anyway")
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_run_file(out, settings, RESUME_KEYS, "responses.jsonl", s.overwrite)
-    responses = out / "responses.jsonl"
-    by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
-    done = {ex.id for ex in examples if all((ex.id, m) in by_key for m in modalities_of(ex))}
-    _generate_missing(s, model_path, examples, done, responses)
-    by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
-    rows = [by_key[(ex.id, m)] for ex in examples for m in modalities_of(ex)]
-    subsets = {ex.id: subset_of(ex, s.subset_field) for ex in examples}
-    summary = summarize(rows, subsets, settings, origin)
-    if baseline is not None:
-        summary["baseline"] = baseline_report(baseline, summary, s.baseline)
-    write_outputs(out, summary)
-    return summary
+        if s.batch_size < 1 or (s.max_new_tokens is not None and s.max_new_tokens < 1) or s.temperature < 0 \
+                or not 0 < s.top_p <= 1:
+            raise EvalError("--batch-size and --max-new-tokens must be >= 1, --temperature >= 0 (0 = greedy), "
+                            "--top-p in (0, 1]")
+        examples = read_manifest(s.manifest)
+        unlabelled = [ex.id for ex in examples if ex.answer is None or not ex.answer.strip()]
+        if unlabelled:
+            raise EvalError(f"{s.manifest}: {len(unlabelled)} row(s) have no `answer` (first: {unlabelled[:3]}); "
+                            "eval scores against ground truth, so add answers or drop those rows")
+        bad = [(ex.id, extraction_of(ex)) for ex in examples if extraction_of(ex) not in EXTRACTION_MODES]
+        if bad:
+            raise EvalError(f"{s.manifest}: row {bad[0][0]!r} has extraction {bad[0][1]!r} ({len(bad)} row(s) in all); "
+                            f"use one of {', '.join(EXTRACTION_MODES)} or drop the field (the judge decides)")
+        s, origin = resolve_prompt(s)
+        if origin["instruction"] == "none recorded" and s.progress:
+            print(f"note: no training prompt is recorded for {s.model or s.adapter}: answering with no instruction "
+                  "after the question; pass --recipe RECIPE or --instruction TEXT as in training", file=sys.stderr)
+        if s.limit is not None:
+            examples = examples[: s.limit]
+        clips = check_clips(examples, AudioCache().max_seconds, limit="the audio window")  # headers only: every bad clip before the model loads
+        if clips.problems:
+            raise EvalError(clip_problems_message(Path(s.manifest), clips.problems))
+        for note in clips.notes():
+            print(f"note: {s.manifest}: {note}", file=sys.stderr)
+        model_path = resolve_model(s.model, s.adapter)
+        settings = {**dataclasses.asdict(s), "model": model_path}
+        baseline = load_baseline(s.baseline) if s.baseline else None
+        mismatch = baseline_mismatch(baseline, settings) if baseline is not None else []
+        if mismatch and not s.allow_baseline_mismatch:  # before any answer: the comparison would mean nothing
+            raise EvalError(f"--baseline {s.baseline} was made with other settings ({'; '.join(mismatch)}): its gap "
+                            "is not comparable with this run's. Evaluate both with the same prompt and decoding (an "
+                            "adapter's eval takes its training prompt; give the base eval --recipe RECIPE), or pass "
+                            "--allow-baseline-mismatch to compare anyway")
+        out = Path(s.out)
+        out.mkdir(parents=True, exist_ok=True)
+        check_run_file(out, settings, RESUME_KEYS, "responses.jsonl", s.overwrite)
+        responses = out / "responses.jsonl"
+        by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
+        done = {ex.id for ex in examples if all((ex.id, m) in by_key for m in modalities_of(ex))}
+        _generate_missing(s, model_path, examples, done, responses)
+        by_key = {(r.get("id"), r.get("modality")): r for r in read_jsonl(responses)}
+        rows = [by_key[(ex.id, m)] for ex in examples for m in modalities_of(ex)]
+        subsets = {ex.id: subset_of(ex, s.subset_field) for ex in examples}
+        summary = summarize(rows, subsets, settings, origin)
+        if baseline is not None:
+            summary["baseline"] = baseline_report(baseline, summary, s.baseline)
+        write_outputs(out, summary)
+        return summary

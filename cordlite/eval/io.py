@@ -73,7 +73,17 @@ def resolve_prompt(s):
 
 
 def resolve_model(model: str, adapter: str | None) -> str:
-    """--model, or the base model cordlite recorded next to --adapter."""
+    """--model, or the base model cordlite recorded next to --adapter; an adapter that is damaged or was
+    trained on another base is refused here, before anything is written."""
+    if adapter:
+        from cordlite.models.adapter import AdapterError, check_adapter_base, check_adapter_files
+
+        try:
+            check_adapter_files(adapter)
+        except AdapterError as e:
+            raise EvalError(f"--adapter {e}") from None
+        if model:
+            check_adapter_base(adapter, model)
     if model:
         return model
     if adapter:

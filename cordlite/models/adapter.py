@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cordlite.files import replace_dir
+from cordlite.files import io_error_of, replace_dir, sha256_file
 
 ADAPTER_META = "cordlite_adapter.json"
 EXPORT_META = "cordlite_export.json"  # written by cordlite merge next to a merged checkpoint
@@ -27,19 +27,84 @@ class AdapterError(RuntimeError):
 
 
 def save_adapter(model, out_dir: str | Path, meta: dict) -> Path:
-    """Save the adapter in peft format plus cordlite metadata, atomically (temp dir + rename)."""
+    """Save the adapter in peft format plus cordlite metadata (with the sha256 of each file),
+    atomically (temp dir + rename)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    base = meta.get("base_model")
-    if isinstance(base, str) and Path(base).expanduser().exists():
-        # A relative path means nothing once the cwd changes: keep the absolute one for load_adapter's check.
-        meta = {**meta, "base_model_resolved": str(Path(base).expanduser().resolve())}
-    (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str))
+    try:
+        model.save_pretrained(tmp)
+        base = meta.get("base_model")
+        if isinstance(base, str) and Path(base).expanduser().exists():
+            # A relative path means nothing once the cwd changes: keep the absolute one for load_adapter's check.
+            meta = {**meta, "base_model_resolved": str(Path(base).expanduser().resolve())}
+        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}
+        (tmp / ADAPTER_META).write_text(json.dumps({**meta, "files": files}, indent=2, default=str))
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = io_error_of(e, out_dir)
+        if err is not None:
+            raise err from None
+        raise
     replace_dir(tmp, out_dir)
     return out_dir
+
+
+def _recorded_digests(adapter_dir: Path) -> dict[str, str]:
+    """The sha256 per file cordlite recorded for an adapter: its cordlite_adapter.json (a final
+    adapter), else its checkpoint's state.json; {} when none was recorded."""
+    for meta_path, prefix in ((adapter_dir / ADAPTER_META, ""), (adapter_dir.parent / "state.json", "adapter/")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        files = meta.get("files") if isinstance(meta, dict) else None
+        if isinstance(files, dict):
+            return {k[len(prefix):]: v for k, v in files.items() if k.startswith(prefix) and isinstance(v, str)}
+    return {}
+
+
+def check_adapter_files(adapter_dir: str | Path) -> None:
+    """An adapter directory fit to load, or AdapterError naming the file and the fix: a readable
+    adapter_config.json (a JSON object of a LoRA adapter), weights whose safetensors header reads and
+    that hold LoRA tensors, and every file matching the digest cordlite recorded when it was saved."""
+    from safetensors import SafetensorError, safe_open
+
+    adapter_dir = Path(adapter_dir)
+    fix = "re-save it, or pass the run's adapter/ or an intact checkpoints/step_N/adapter"
+    config_path = adapter_dir / "adapter_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"{config_path}: not found; pass a run directory's adapter/ or a "
+                           "checkpoints/step_N/adapter directory") from None
+    except (OSError, ValueError) as e:
+        raise AdapterError(f"{config_path}: not a readable JSON file ({type(e).__name__}); {fix}") from None
+    if not isinstance(config, dict) or not config.get("target_modules") and not config.get("modules_to_save"):
+        raise AdapterError(f"{config_path}: not a peft LoRA adapter config (no target_modules); {fix}")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        found = [p.name for p in adapter_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
+        why = f" (it holds {found[0]}: cordlite reads safetensors only)" if found else ""
+        raise AdapterError(f"{weights}: adapter weights not found{why}; {fix}")
+    for name, digest in _recorded_digests(adapter_dir).items():
+        f = adapter_dir / name
+        if not f.is_file() or sha256_file(f) != digest:
+            raise AdapterError(f"{f}: {'missing' if not f.is_file() else 'does not match the digest recorded when it was saved'}"
+                               f" (damaged or replaced since); {fix}")
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            names = list(fh.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AdapterError(f"{weights}: not a readable safetensors file ({str(e)[:120]}); {fix}") from None
+    if not names:
+        raise AdapterError(f"{weights}: holds no tensors; {fix}")
+
+
+def _short(e: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_adapter_weights(model, adapter_dir: str | Path) -> None:
@@ -47,13 +112,15 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    check_adapter_files(adapter_dir)
     path = Path(adapter_dir) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: adapter weights not found; the checkpoint is incomplete")
-    result = set_peft_model_state_dict(model, load_file(str(path)))
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(path)))
+    except (RuntimeError, ValueError, KeyError) as e:  # a tensor of another shape, a cut-short file
+        raise AdapterError(f"{path}: does not fit this model ({_short(e)})") from None
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise RuntimeError(f"{path}: adapter does not fit this model (unexpected keys such as {unexpected[:3]})")
+        raise AdapterError(f"{path}: adapter does not fit this model (unexpected keys such as {unexpected[:3]})")
 
 
 class AdapterBaseMismatch(RuntimeError):
@@ -115,15 +182,17 @@ def load_adapter(model, adapter_dir: str | Path, allow_base_mismatch: bool = Fal
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json; pass a run directory's adapter/ or a "
-                                "checkpoints/step_N/adapter directory")
+    check_adapter_files(adapter_dir)
     if not allow_base_mismatch:
         check_adapter_base(adapter_dir, model.name_or_path)
     from cordlite.models.lora import peft_wrapping
 
-    with peft_wrapping():
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    try:
+        with peft_wrapping():
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:  # modules the base lacks, other shapes
+        raise AdapterError(f"{adapter_dir}: does not fit the base {model.name_or_path} ({_short(e)}); apply it to "
+                           "the base it was trained on") from None
 
 
 def locate_adapter(path: str | Path) -> tuple[Path, Path | None]:

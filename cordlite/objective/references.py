@@ -8,6 +8,7 @@ RUN/reference_answers.jsonl, which survives resume.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,22 +48,39 @@ def step_keys(seed: int, step: int, positions: list[int], device: torch.device |
 
 
 class ReferenceStore:
-    """Text-view reference answers by example id. With the frozen-base teacher they never change,
-    so they are generated once and appended to a JSONL file that survives resume."""
+    """Text-view reference answers. With the frozen-base teacher they never change, so they are
+    generated once and appended to a JSONL file that survives resume.
 
-    def __init__(self, path: Path | None, write: bool = True):
+    An answer is filed under a key of everything it depends on: `context` (the base's digest, the
+    instruction and system prompt, the reference decoding; trainer.reference_context) and the
+    example's id and question. A resumed run on another base or another manifest, or a manifest
+    whose question changed under the same id, finds no answer of the old one and makes its own.
+    Lines without a key (cordlite before this rule) are never used."""
+
+    def __init__(self, path: Path | None, write: bool = True, context: str = ""):
         self.path = path
         self.write = write  # under data parallelism only rank 0 appends; the others read
+        self.context = context
         self.answers: dict[str, str] = {}
         if path is not None:  # a line cut short by a kill is skipped (read_jsonl): that answer is made again
-            self.answers.update((r["id"], r["reference"]) for r in read_jsonl(path) if "id" in r and "reference" in r)
+            self.answers.update((r["key"], r["reference"]) for r in read_jsonl(path)
+                                if isinstance(r.get("key"), str) and isinstance(r.get("reference"), str))
 
-    def add(self, pairs: list[tuple[str, str]]) -> None:
-        """Record (example id, answer) pairs (one append to the file)."""
-        self.answers.update(pairs)
+    def key(self, ex: Example) -> str:
+        """The key of `ex`'s answer under this store's context."""
+        text = json.dumps([self.context, ex.id, ex.question], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def get(self, ex: Example) -> str | None:
+        return self.answers.get(self.key(ex))
+
+    def add(self, pairs: list[tuple[Example, str]]) -> None:
+        """Record (example, answer) pairs (one append to the file)."""
+        rows = [{"key": self.key(ex), "id": ex.id, "reference": text} for ex, text in pairs]
+        self.answers.update((r["key"], r["reference"]) for r in rows)
         if self.path is not None and self.write:
-            append_jsonl(self.path, [{"id": i, "reference": text} for i, text in pairs])
+            append_jsonl(self.path, rows)
 
     def missing(self, examples: list[Example]) -> list[Example]:
         """The examples (each once) without an answer yet."""
-        return [ex for ex in {ex.id: ex for ex in examples}.values() if ex.id not in self.answers]
+        return [ex for ex in {self.key(ex): ex for ex in examples}.values() if self.get(ex) is None]

@@ -93,13 +93,13 @@ def rollout_rows(recipe: Recipe) -> tuple[int, str]:
 def reference_answers(model, tokenizer, views: ViewBatch, recipe: Recipe, rt: Runtime, tokens: Tokens,
                       store: ReferenceStore) -> tuple[list[str], int]:
     """Text-view answers for the batch, generated only where the store has none."""
-    missing = [i for i, ex in enumerate(views.examples) if ex.id not in store.answers]
+    missing = [i for i, ex in enumerate(views.examples) if store.get(ex) is None]
     generated = 0
     if missing:
         idx = torch.tensor(missing, device=rt.device)
         generated = generate_references(model, tokenizer, repeat_rows(views.text, idx),
                                         [views.examples[i] for i in missing], recipe, rt, tokens, store)
-    return [store.answers[ex.id] for ex in views.examples], generated
+    return [store.get(ex) for ex in views.examples], generated
 
 
 @torch.no_grad()
@@ -115,7 +115,7 @@ def generate_references(model, tokenizer, text: dict[str, torch.Tensor], example
                    end_ids=tokens.end_ids, pad_id=tokens.pad_id, blocked_ids=tokens.blocked_ids,
                    greedy=recipe.rollout.reference_decoding == "greedy", keys=keys, kv_budget=kv_budget(recipe),
                    calls=calls)
-    store.add([(ex.id, answer) for ex, answer in zip(examples, _decode(tokenizer, r))])
+    store.add(list(zip(examples, _decode(tokenizer, r))))
     return int(r.completion_mask.sum())
 
 

@@ -32,6 +32,7 @@ from cordlite.testbed.build import cpu_name, cpu_vector_isa
 from cordlite.testbed.frames import pretrained_build, split_frames, store_path
 from cordlite.testbed.suite import Method, Suite, SuiteError
 from cordlite.testbed.summary import base_scores, summarize, write_outputs
+from cordlite.lock import writer_lock
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -118,12 +119,14 @@ def _log(msg: str) -> None:
 def _run_lora(suite: Suite, method: Method, seed: int, run_dir: Path, test, instruction: str) -> list[dict]:
     from cordlite.testbed.evaluate import load_for_eval
     from cordlite.testbed.frames import eval_frames
+    from cordlite.train.checkpoint import latest_checkpoint
     from cordlite.train.trainer import train
 
     recipe = lora_recipe(suite, method, seed, run_dir / "train")
     done = run_dir / "train" / "adapter" / "adapter_config.json"
-    if not done.is_file():
-        train(recipe, resume=(run_dir / "train" / "checkpoints").is_dir())
+    if not done.is_file():  # resumed from its last checkpoint, else started again (a kill before the first one)
+        resume = latest_checkpoint(run_dir / "train" / "checkpoints") is not None
+        train(recipe, resume=resume, overwrite=not resume)
     curve = []
     frames = None  # a frozen encoder's test-clip frames: the split's store, loaded at the first evaluation
     reuse = bool(recipe.data.frames)  # the encoder is frozen; else the adapted encoder runs at every evaluation
@@ -294,41 +297,42 @@ def prepare_frames(suite: Suite) -> None:
 
 def run_suite(suite: Suite) -> dict:
     """Every method x seed (suite.jobs at a time), then results.json, table.md and curves.png."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    with writer_lock(suite.out, "cordlite testbed ablate", fix="pass another --out"):
+        import concurrent.futures as cf
+        import multiprocessing as mp
 
-    base = base_scores(suite.testbed)
-    check_methods(suite)
-    prepare_frames(suite)
-    tasks = [(suite, m, s) for s in suite.seeds for m in suite.methods]
-    threads = max(1, (os.cpu_count() or 1) // suite.jobs)
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    results: list[dict] = []
-    _log(f"[ablate] {len(tasks)} runs ({len(suite.methods)} methods x {len(suite.seeds)} seeds, {suite.steps} steps "
-         f"each), {suite.jobs} at a time with {threads} thread(s) each -> {suite.out}")
-    if suite.jobs == 1:
-        for i, (s, m, seed) in enumerate(tasks, 1):
-            results.append(run_one(s, m, seed, threads))
-            _done(i, len(tasks), results[-1], t0)
-    else:
-        with cf.ProcessPoolExecutor(suite.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker, (s, m, seed, threads)) for s, m, seed in tasks]
-            for i, fut in enumerate(cf.as_completed(futures), 1):
-                results.append(fut.result())
+        base = base_scores(suite.testbed)
+        check_methods(suite)
+        prepare_frames(suite)
+        tasks = [(suite, m, s) for s in suite.seeds for m in suite.methods]
+        threads = max(1, (os.cpu_count() or 1) // suite.jobs)
+        t0 = time.perf_counter()
+        load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        results: list[dict] = []
+        _log(f"[ablate] {len(tasks)} runs ({len(suite.methods)} methods x {len(suite.seeds)} seeds, {suite.steps} steps "
+             f"each), {suite.jobs} at a time with {threads} thread(s) each -> {suite.out}")
+        if suite.jobs == 1:
+            for i, (s, m, seed) in enumerate(tasks, 1):
+                results.append(run_one(s, m, seed, threads))
                 _done(i, len(tasks), results[-1], t0)
-    cross_with_base(suite, results)
-    summary = summarize(suite, base, results)
-    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this call; cached runs cost nothing
-    summary["runs_cached"] = sum(bool(r.get("cached")) for r in results)
-    summary["run_seconds_total"] = round(sum(r["seconds"] for r in results), 1)  # as first run, cached included
-    summary["machine"] = {"cpu": cpu_name(), "isa": cpu_vector_isa(), "cpu_count": os.cpu_count(), "jobs": suite.jobs,
-                          "torch_threads_per_job": threads,
-                          "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                          "load_average_start": load0,
-                          "load_average_end": os.getloadavg()[0] if load0 is not None else None}
-    write_outputs(suite, summary)
-    return summary
+        else:
+            with cf.ProcessPoolExecutor(suite.jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(_worker, (s, m, seed, threads)) for s, m, seed in tasks]
+                for i, fut in enumerate(cf.as_completed(futures), 1):
+                    results.append(fut.result())
+                    _done(i, len(tasks), results[-1], t0)
+        cross_with_base(suite, results)
+        summary = summarize(suite, base, results)
+        summary["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this call; cached runs cost nothing
+        summary["runs_cached"] = sum(bool(r.get("cached")) for r in results)
+        summary["run_seconds_total"] = round(sum(r["seconds"] for r in results), 1)  # as first run, cached included
+        summary["machine"] = {"cpu": cpu_name(), "isa": cpu_vector_isa(), "cpu_count": os.cpu_count(), "jobs": suite.jobs,
+                              "torch_threads_per_job": threads,
+                              "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                              "load_average_start": load0,
+                              "load_average_end": os.getloadavg()[0] if load0 is not None else None}
+        write_outputs(suite, summary)
+        return summary
 
 
 def cross_with_base(suite: Suite, results: list[dict]) -> None:

@@ -50,6 +50,7 @@ from cordlite.testbed.task import (
     spec_dict,
 )
 from cordlite.testbed.voice import SHARD, VOICING
+from cordlite.lock import writer_lock
 
 MARKER = "testbed_stage.json"
 STAGES = ("data", "init", "text", "align", "eval")
@@ -510,4 +511,5 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0):
 def build(out: str | Path, config: TestbedConfig = TestbedConfig(), threads: int = 2, workers: int = 2,
           progress: bool = True, force: tuple[str, ...] = ()) -> dict:
     """Build (or bring up to date) the testbed in `out`; returns the build record (also OUT/build.json)."""
-    return Builder(out, config, threads, workers, progress, force).run()
+    with writer_lock(out, "cordlite testbed build", fix="pass another OUT_DIR"):
+        return Builder(out, config, threads, workers, progress, force).run()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cordlite.files import write_text_atomic
+from cordlite.lock import writer_lock
 
 
 # The default build as docs/testbed.md documents it (test split, greedy), and the range of bases a
@@ -49,76 +50,77 @@ def run_demo(testbed_dir: str, recipe_path: str, steps: int, out: str, threads: 
              overrides: tuple[str, ...] = ()) -> str:
     """Returns the report (also OUT/demo.md). `config` is the build's TestbedConfig (default: the
     testbed); `overrides` are extra `key=value` recipe settings."""
-    import torch
-    import yaml
+    with writer_lock(out, "cordlite testbed demo", fix="pass another --out"):
+        import torch
+        import yaml
 
-    from cordlite.data import read_manifest
-    from cordlite.recipe import recipe_from_dict
-    from cordlite.testbed.build import TestbedConfig, build
-    from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
-    from cordlite.testbed.frames import eval_frames, pretrained_build, split_frames, store_path
-    from cordlite.testbed.summary import base_scores
-    from cordlite.train.trainer import train
+        from cordlite.data import read_manifest
+        from cordlite.recipe import recipe_from_dict
+        from cordlite.testbed.build import TestbedConfig, build
+        from cordlite.testbed.evaluate import evaluate_examples, load_for_eval, testbed_instruction, write_eval
+        from cordlite.testbed.frames import eval_frames, pretrained_build, split_frames, store_path
+        from cordlite.testbed.summary import base_scores
+        from cordlite.train.trainer import train
 
-    if not Path(recipe_path).is_file():
-        raise FileNotFoundError(f"--recipe {recipe_path}: no such file; run from the repository root or pass "
-                                "--recipe PATH/recipes/testbed_cord.yaml")
-    t0 = time.perf_counter()
-    torch.set_num_threads(threads)
-    record = build(testbed_dir, config or TestbedConfig(), threads=threads, workers=threads)
-    t_build = time.perf_counter() - t0
-    raw = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
-    run = Path(out)
-    shutil.rmtree(run, ignore_errors=True)
-    frames = []
-    if pretrained_build(testbed_dir):  # the frozen encoder's frames of the cord clips: made once, no encoder per step
-        model, processor = load_for_eval(Path(testbed_dir) / "model")
-        split_frames(testbed_dir, "cord", model, processor)
-        del model
-        frames = [f"data.frames={store_path(testbed_dir, 'cord')}"]
-    recipe = recipe_from_dict(raw, source=recipe_path, overrides=[
-        f"model.name_or_path={Path(testbed_dir) / 'model'}",
-        f"data.train_manifest={Path(testbed_dir) / 'data' / 'cord.jsonl'}", *frames,
-        f"train.max_steps={steps}", f"output.dir={run}", f"output.save_every={steps}", *overrides])
-    print(f"[demo] CORD: {steps} steps on {recipe.data.train_manifest}", file=sys.stderr, flush=True)
-    t1 = time.perf_counter()
-    train(recipe)
-    t_train = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    instruction = testbed_instruction(testbed_dir)
-    test = read_manifest(Path(testbed_dir) / "data" / "test.jsonl")
-    model, processor = load_for_eval(Path(testbed_dir) / "model", run / "adapter")
-    frames = eval_frames(testbed_dir, "test", model, processor)  # the build's test frames, on a pretrained build
-    rows, after = evaluate_examples(model, processor, test, instruction, progress=True, label="eval test",
-                                    frames=frames)
-    write_eval(run / "eval_test.json", rows, after, {"adapter": str(run / "adapter"), "split": "test"})
-    t_eval = time.perf_counter() - t2
-    before = base_scores(testbed_dir)
-    stages = {name: r.get("seconds", 0.0) for name, r in record["stages"].items()}
-    # A stage that was up to date reports the time of the build that made it.
-    cached = t_build < 0.5 * sum(stages.values())
-    peak = peak_memory_gib()
-    gap_paper = before["text_acc"] - after["audio_acc"]
-    reduction = 100.0 * (1 - gap_paper / before["gap"]) if before["gap"] > 0 else None
-    reduction_text = "n/a, the base has no gap" if reduction is None else f"{reduction:.1f}%"
-    lines = [f"Testbed test split ({after['n']} held-out questions in held-out voices), greedy:", "",
-             "| model | audio acc. | text acc. | gap |", "|---|---|---|---|",
-             f"| base | {before['audio_acc']:.1f} | {before['text_acc']:.1f} | {before['gap']:.1f} |",
-             f"| + CORD, {steps} steps | {after['audio_acc']:.1f} | {after['text_acc']:.1f} | "
-             f"{after['text_acc'] - after['audio_acc']:.1f} |", "",
-             f"Gap against the base text view: {before['gap']:.1f} -> {gap_paper:.1f} points "
-             f"(reduction {reduction_text}); text view {after['text_acc'] - before['text_acc']:+.1f} points.",
-             *([compare_with_documented(before)] if (config or TestbedConfig()).encoder != "scratch" else []),
-             f"Time: build {t_build:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}"
-             f"{'; cached: the times of the build that made it' if cached else ''}), CORD {t_train:.0f} s, "
-             f"test eval {t_eval:.0f} s, total {time.perf_counter() - t0:.0f} s; peak memory {peak:.1f} GiB.",
-             f"Adapter: {run / 'adapter'}; full ablation: cordlite testbed ablate recipes/suites/testbed_ablation.yaml"]
-    report = "\n".join(lines) + "\n"
-    write_text_atomic(run / "demo.md", report)
-    write_text_atomic(run / "demo.json", json.dumps({"before": before, "after": after, "steps": steps,
-                                                     "gap_vs_base_text": gap_paper, "gap_reduction": reduction,
-                                                     "seconds": {"build": t_build, "build_stages": stages,
-                                                                 "train": t_train, "eval": t_eval,
-                                                                 "total": time.perf_counter() - t0},
-                                                     "peak_memory_gib": peak}, indent=2) + "\n")
-    return report
+        if not Path(recipe_path).is_file():
+            raise FileNotFoundError(f"--recipe {recipe_path}: no such file; run from the repository root or pass "
+                                    "--recipe PATH/recipes/testbed_cord.yaml")
+        t0 = time.perf_counter()
+        torch.set_num_threads(threads)
+        record = build(testbed_dir, config or TestbedConfig(), threads=threads, workers=threads)
+        t_build = time.perf_counter() - t0
+        raw = yaml.safe_load(Path(recipe_path).read_text(encoding="utf-8"))
+        run = Path(out)
+        shutil.rmtree(run, ignore_errors=True)
+        frames = []
+        if pretrained_build(testbed_dir):  # the frozen encoder's frames of the cord clips: made once, no encoder per step
+            model, processor = load_for_eval(Path(testbed_dir) / "model")
+            split_frames(testbed_dir, "cord", model, processor)
+            del model
+            frames = [f"data.frames={store_path(testbed_dir, 'cord')}"]
+        recipe = recipe_from_dict(raw, source=recipe_path, overrides=[
+            f"model.name_or_path={Path(testbed_dir) / 'model'}",
+            f"data.train_manifest={Path(testbed_dir) / 'data' / 'cord.jsonl'}", *frames,
+            f"train.max_steps={steps}", f"output.dir={run}", f"output.save_every={steps}", *overrides])
+        print(f"[demo] CORD: {steps} steps on {recipe.data.train_manifest}", file=sys.stderr, flush=True)
+        t1 = time.perf_counter()
+        train(recipe)
+        t_train = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        instruction = testbed_instruction(testbed_dir)
+        test = read_manifest(Path(testbed_dir) / "data" / "test.jsonl")
+        model, processor = load_for_eval(Path(testbed_dir) / "model", run / "adapter")
+        frames = eval_frames(testbed_dir, "test", model, processor)  # the build's test frames, on a pretrained build
+        rows, after = evaluate_examples(model, processor, test, instruction, progress=True, label="eval test",
+                                        frames=frames)
+        write_eval(run / "eval_test.json", rows, after, {"adapter": str(run / "adapter"), "split": "test"})
+        t_eval = time.perf_counter() - t2
+        before = base_scores(testbed_dir)
+        stages = {name: r.get("seconds", 0.0) for name, r in record["stages"].items()}
+        # A stage that was up to date reports the time of the build that made it.
+        cached = t_build < 0.5 * sum(stages.values())
+        peak = peak_memory_gib()
+        gap_paper = before["text_acc"] - after["audio_acc"]
+        reduction = 100.0 * (1 - gap_paper / before["gap"]) if before["gap"] > 0 else None
+        reduction_text = "n/a, the base has no gap" if reduction is None else f"{reduction:.1f}%"
+        lines = [f"Testbed test split ({after['n']} held-out questions in held-out voices), greedy:", "",
+                 "| model | audio acc. | text acc. | gap |", "|---|---|---|---|",
+                 f"| base | {before['audio_acc']:.1f} | {before['text_acc']:.1f} | {before['gap']:.1f} |",
+                 f"| + CORD, {steps} steps | {after['audio_acc']:.1f} | {after['text_acc']:.1f} | "
+                 f"{after['text_acc'] - after['audio_acc']:.1f} |", "",
+                 f"Gap against the base text view: {before['gap']:.1f} -> {gap_paper:.1f} points "
+                 f"(reduction {reduction_text}); text view {after['text_acc'] - before['text_acc']:+.1f} points.",
+                 *([compare_with_documented(before)] if (config or TestbedConfig()).encoder != "scratch" else []),
+                 f"Time: build {t_build:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in stages.items())}"
+                 f"{'; cached: the times of the build that made it' if cached else ''}), CORD {t_train:.0f} s, "
+                 f"test eval {t_eval:.0f} s, total {time.perf_counter() - t0:.0f} s; peak memory {peak:.1f} GiB.",
+                 f"Adapter: {run / 'adapter'}; full ablation: cordlite testbed ablate recipes/suites/testbed_ablation.yaml"]
+        report = "\n".join(lines) + "\n"
+        write_text_atomic(run / "demo.md", report)
+        write_text_atomic(run / "demo.json", json.dumps({"before": before, "after": after, "steps": steps,
+                                                         "gap_vs_base_text": gap_paper, "gap_reduction": reduction,
+                                                         "seconds": {"build": t_build, "build_stages": stages,
+                                                                     "train": t_train, "eval": t_eval,
+                                                                     "total": time.perf_counter() - t0},
+                                                         "peak_memory_gib": peak}, indent=2) + "\n")
+        return report

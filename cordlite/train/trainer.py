@@ -38,18 +38,15 @@ from cordlite.models.lora import attach_lora, trainable_parameters
 from cordlite.models.runtime import resolve_runtime
 from cordlite.objective.references import ReferenceStore, Tokens
 from cordlite.recipe import dump_recipe, recipe_to_dict
-from cordlite.train.checkpoint import (CheckpointError, clean_checkpoints, latest_checkpoint, load_checkpoint,
-                                      save_checkpoint)
+from cordlite.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from cordlite.train.distributed import Dist, init_distributed
+from cordlite.train.identity import base_digest, run_identity
 from cordlite.train.meter import linear_sizes, peak_flops
 from cordlite.train.optimizer_step import StepParts, run_step
+from cordlite.train.run_folder import TrainError, check_output_dir, check_same_run, note, run_lock, start
 
 METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
                "weight_max", "tokens_generated", "step_seconds")
-
-
-class TrainError(RuntimeError):
-    """A problem with the run directory or state, with what to do about it."""
 
 
 class StopRequested(Exception):
@@ -158,8 +155,8 @@ def prepare_data(recipe: Recipe, dist: Dist) -> tuple[list[Example], int | None,
         print(f"note: {manifest}: skipped {len(skipped)} bad row(s) (data.skip_bad_rows), listed in {out}; "
               f"training on the other {len(examples)}", file=sys.stderr)
     if dist.main:
-        for note in clips.notes():
-            print(f"note: {manifest}: {note}", file=sys.stderr)
+        for line in clips.notes():
+            print(f"note: {manifest}: {line}", file=sys.stderr)
     return examples, None if skipped is None else len(skipped), clips.longest
 
 
@@ -186,7 +183,18 @@ def _frame_store(recipe: Recipe, model) -> FrameCache | None:
         raise TrainError(f"data.frames: {e}") from None
 
 
-def setup(recipe: Recipe, dist: Dist, run_dir: Path | None = None) -> tuple[StepParts, int | None]:
+def reference_context(recipe: Recipe, base: str | None) -> str:
+    """What a text-view reference depends on besides its question: the base's weights, the prompt around
+    the question and the reference decoding (the seed too when references are sampled)."""
+    ro, d = recipe.rollout, recipe.data
+    parts = [base or recipe.model.name_or_path, d.instruction, d.system_prompt, ro.reference_decoding,
+             ro.max_new_tokens, recipe.train.seed if ro.reference_decoding == "sample" else None,
+             ro.top_p if ro.reference_decoding == "sample" else None]
+    return json.dumps(parts)
+
+
+def setup(recipe: Recipe, dist: Dist, run_dir: Path | None = None,
+          identity: dict | None = None) -> tuple[StepParts, int | None]:
     """Everything the steps share, checked before any work: runtime, data, the model with its LoRA,
     the optimizer, schedule and (fp16) loss scaler, the reference store, the judge, the frame store.
     Also the number of manifest rows data.skip_bad_rows left out (None when it is off)."""
@@ -218,8 +226,9 @@ def setup(recipe: Recipe, dist: Dist, run_dir: Path | None = None) -> tuple[Step
     # fp16 autocast (GPUs without bf16): the loss is scaled before backward so small gradients do not
     # flush to zero, and unscaled before clipping; a step whose gradients overflowed is skipped.
     scaler = torch.amp.GradScaler(rt.device.type) if rt.loss_scaling else None
+    base = (identity or {}).get("base") or base_digest(recipe.model.name_or_path, recipe.model.revision)
     store = ReferenceStore(run_dir / "reference_answers.jsonl" if recipe.loss.teacher == "base" else None,
-                           write=dist.main)
+                           write=dist.main, context=reference_context(recipe, base))
     judge = judge_for_recipe(recipe, model, processor.tokenizer, rt, run_dir, write_cache=dist.main)  # self: no second load
     parts = StepParts(recipe, rt, dist, model, processor, Tokens.of(model, processor.tokenizer), store, judge,
                       _frame_store(recipe, model), AudioCache(recipe.data.max_audio_seconds, recipe.data.audio_cache_mb),
@@ -252,22 +261,31 @@ def _check_kv_budget(recipe: Recipe, model, processor, examples: list[Example], 
         raise TrainError(f"{e} (the longest prompt of {d.train_manifest}: {max(audio_len, text_len)} tokens)") from None
 
 
-def train(recipe: Recipe, resume: bool = False) -> Path:
-    """Run CORD as the recipe says; returns the run directory."""
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run CORD as the recipe says; returns the run directory. `resume` continues the run in
+    output.dir from its last intact checkpoint (refused when the recipe changes what the run is);
+    `overwrite` starts it again from step 0, removing its results. Without either, a folder holding
+    a run's results is refused."""
+    if resume and overwrite:
+        raise TrainError("--resume and --overwrite: pass one (continue the run, or start it again from step 0)")
     dist = init_distributed(cuda=recipe.model.device != "cpu" and torch.cuda.is_available())
     run_dir = Path(recipe.output.dir)
-    ckpt_root = run_dir / "checkpoints"
-    if dist.main:
-        for left in clean_checkpoints(ckpt_root):
-            print(f"removed {left}, left by a run that was killed", file=sys.stderr)
-    existing = latest_checkpoint(ckpt_root)
-    if existing is not None and not resume:
-        raise TrainError(f"{run_dir} already holds checkpoints (latest {existing.name}); pass --resume to "
-                         "continue that run, or set output.dir to a new directory")
+    check_output_dir(recipe)
     _check_batch(recipe, dist)
+    with run_lock(run_dir, dist):
+        return _train(recipe, dist, run_dir, resume, overwrite)
+
+
+def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: bool) -> Path:
+    ckpt_root = run_dir / "checkpoints"
+    existing, identity = start(recipe, dist, run_dir, resume, overwrite)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    parts, rows_skipped = setup(recipe, dist, run_dir)
+    parts, rows_skipped = setup(recipe, dist, run_dir, identity)
+    if None in (identity["base"], identity["manifest"]):  # a hub model or tiny set fetched or made by setup
+        identity = run_identity(recipe)
+        if existing is not None:
+            check_same_run(existing, recipe, identity, dist)
     model, rt, t = parts.model, parts.rt, recipe.train
     if dist.main:
         write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
@@ -277,19 +295,22 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
             print(f"note: {rt.describe()['device_name']} has no native bf16: training in fp16 with loss scaling "
                   "(RUN/runtime.json)", file=sys.stderr)
     done = 0
-    if resume and existing is not None:
+    if existing is not None:
         try:
             done = load_checkpoint(existing, model, parts.optimizer, parts.scheduler, parts.scaler)
         except CheckpointError as e:
             raise TrainError(str(e)) from None
         if dist.main:
             print(f"resuming from {existing} ({done} steps done)", file=sys.stderr)
+            if done >= t.max_steps:
+                note(f"the checkpoint holds {done} steps and train.max_steps is {t.max_steps}: nothing to train; "
+                      "raise train.max_steps to go on")
     metrics_path = run_dir / "metrics.jsonl"
     if dist.main:
         _trim_metrics(metrics_path, done)
     dist.barrier()
 
-    meta = {"base_model": recipe.model.name_or_path, "recipe": recipe_to_dict(recipe)}
+    meta = {"base_model": recipe.model.name_or_path, "recipe": recipe_to_dict(recipe), "identity": identity}
     progress = None
     if recipe.output.progress and dist.main:
         from tqdm.auto import tqdm
@@ -308,6 +329,7 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
         try:
             for step in range(done, t.max_steps):
                 row = run_step(parts, step)
+                _check_finite(parts, step + 1, row, ckpt_root)
                 done = step + 1
                 if dist.main:
                     if rows_skipped is not None:
@@ -347,6 +369,22 @@ def train(recipe: Recipe, resume: bool = False) -> Path:
         save_adapter(model, run_dir / "adapter", {**meta, "steps": done})
     dist.barrier()
     return run_dir
+
+
+def _check_finite(parts: StepParts, step: int, row: dict, ckpt_root: Path) -> None:
+    """Stop at the first step whose update leaves a non-finite adapter weight: it is neither logged nor
+    saved, and the last good checkpoint is named."""
+    bad = torch.zeros((), device=parts.params[0].device)
+    for p in parts.params:
+        bad += (~torch.isfinite(p.detach())).sum()
+    if not parts.dist.any(bool(bad.item())):
+        return
+    last = latest_checkpoint(ckpt_root)
+    kept = f"the last good checkpoint is {last}" if last is not None else "no checkpoint was written before it"
+    raise TrainError(f"step {step} made {int(bad.item())} adapter weight(s) NaN or infinite (loss {row.get('loss')}, "
+                     f"lr {parts.optimizer.param_groups[0]['lr']:.3g}); nothing of it is logged or saved, and {kept}. "
+                     "Start again with a lower optim.lr (or a tighter optim.max_grad_norm) in a new output.dir or with "
+                     "--overwrite")
 
 
 def _stopped_at_once(signum: int, ckpt_root: Path, progress, dist: Dist) -> None:

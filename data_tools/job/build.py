@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cordlite.audio import SAMPLE_RATE, write_audio_atomic
+from cordlite.lock import writer_lock
 from data_tools.job.config import JobConfig
 from data_tools.job.outdir import (
     AUDIO_DIR,
@@ -200,86 +201,87 @@ def _reject_row(r: Reject) -> dict:
 def build(cfg: JobConfig, progress: bool = True, log: Callable[[str], None] | None = None,
           backend: Backend | None = None) -> BuildResult:
     """Run (or resume) the job `cfg` describes; returns counts. See the module docstring."""
-    log = log or (lambda _msg: None)
-    started = time.perf_counter()
-    out = Path(cfg.output.dir)
-    (out / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
-    check_job_file(out, cfg)
-    done, rejected = load_state(out, cfg, log)
-    backend = backend or make_backend(cfg.tts)
-    plan = VoicePlan.for_backend(backend, cfg.tts, cfg.seed)
-    source = source_name(cfg)
-    tasks, parse_rejects, skipped = plan_tasks(cfg, plan, done, rejected)
-    if done or rejected:
-        log(f"resume: {len(done)} row(s) done and {len(rejected)} rejected earlier; {len(tasks)} to voice")
+    with writer_lock(cfg.output.dir, "cordlite data tts", fix="pass another --out"):
+        log = log or (lambda _msg: None)
+        started = time.perf_counter()
+        out = Path(cfg.output.dir)
+        (out / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
+        check_job_file(out, cfg)
+        done, rejected = load_state(out, cfg, log)
+        backend = backend or make_backend(cfg.tts)
+        plan = VoicePlan.for_backend(backend, cfg.tts, cfg.seed)
+        source = source_name(cfg)
+        tasks, parse_rejects, skipped = plan_tasks(cfg, plan, done, rejected)
+        if done or rejected:
+            log(f"resume: {len(done)} row(s) done and {len(rejected)} rejected earlier; {len(tasks)} to voice")
 
-    result = BuildResult(out, out / MANIFEST, skipped=skipped)
-    manifest_log, rejects_log = LineLog(out / MANIFEST), LineLog(out / REJECTS)
-    for r in parse_rejects:
-        rejects_log.append(_reject_row(r))
-    result.new_rejects = len(parse_rejects)
+        result = BuildResult(out, out / MANIFEST, skipped=skipped)
+        manifest_log, rejects_log = LineLog(out / MANIFEST), LineLog(out / REJECTS)
+        for r in parse_rejects:
+            rejects_log.append(_reject_row(r))
+        result.new_rejects = len(parse_rejects)
 
-    workers = resolve_workers(cfg, backend)
-    stop = threading.Event()
-    bar = _progress(len(tasks), progress)
+        workers = resolve_workers(cfg, backend)
+        stop = threading.Event()
+        bar = _progress(len(tasks), progress)
 
-    def record(fut: Future) -> None:
-        outcome = fut.result()  # raises only for errors of the job itself, e.g. a full disk
-        if outcome.row is not None:
-            manifest_log.append(outcome.row)
-            result.new_rows += 1
-        elif outcome.reject is not None and not stop.is_set():
-            # After an interrupt a failure is likely our own signal (espeak-ng gets Ctrl-C too):
-            # not recorded, so the next run tries the row again.
-            rejects_log.append(_reject_row(outcome.reject))
-            result.new_rejects += 1
-        bar.update(1)
-        bar.set_postfix(rejected=result.new_rejects, refresh=False)
+        def record(fut: Future) -> None:
+            outcome = fut.result()  # raises only for errors of the job itself, e.g. a full disk
+            if outcome.row is not None:
+                manifest_log.append(outcome.row)
+                result.new_rows += 1
+            elif outcome.reject is not None and not stop.is_set():
+                # After an interrupt a failure is likely our own signal (espeak-ng gets Ctrl-C too):
+                # not recorded, so the next run tries the row again.
+                rejects_log.append(_reject_row(outcome.reject))
+                result.new_rejects += 1
+            bar.update(1)
+            bar.set_postfix(rejected=result.new_rejects, refresh=False)
 
-    previous_term = _raise_on_sigterm()
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts") as pool:
-            pending: dict[Future, Task] = {}  # in flight, in submission order
-            queue = iter(tasks)
-            try:
-                while True:
-                    # A bounded window: an interrupt then waits for a few rows, not thousands.
-                    while len(pending) < 2 * workers:
-                        task = next(queue, None)
-                        if task is None:
+        previous_term = _raise_on_sigterm()
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts") as pool:
+                pending: dict[Future, Task] = {}  # in flight, in submission order
+                queue = iter(tasks)
+                try:
+                    while True:
+                        # A bounded window: an interrupt then waits for a few rows, not thousands.
+                        while len(pending) < 2 * workers:
+                            task = next(queue, None)
+                            if task is None:
+                                break
+                            pending[pool.submit(_voice_one, task, backend, cfg, out, source)] = task
+                        if not pending:
                             break
-                        pending[pool.submit(_voice_one, task, backend, cfg, out, source)] = task
-                    if not pending:
-                        break
-                    finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        del pending[fut]
-                        record(fut)
-            except KeyboardInterrupt:
-                result.interrupted = True
-                stop.set()
-                log("interrupted: finishing the rows in flight ...")
-                for fut in pending:
-                    fut.cancel()
-                for fut in list(pending):
-                    if not fut.cancelled():
-                        wait([fut])
-                        record(fut)
-    finally:
-        _restore_sigterm(previous_term)
-        bar.close()
-        manifest_log.close()
-        rejects_log.close()
+                        finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            del pending[fut]
+                            record(fut)
+                except KeyboardInterrupt:
+                    result.interrupted = True
+                    stop.set()
+                    log("interrupted: finishing the rows in flight ...")
+                    for fut in pending:
+                        fut.cancel()
+                    for fut in list(pending):
+                        if not fut.cancelled():
+                            wait([fut])
+                            record(fut)
+        finally:
+            _restore_sigterm(previous_term)
+            bar.close()
+            manifest_log.close()
+            rejects_log.close()
 
-    if not result.interrupted:
-        finalise(out)
-    result.seconds = time.perf_counter() - started
-    result.summary = write_summary(out, cfg, backend, new_rows=result.new_rows, new_rejects=result.new_rejects,
-                                   skipped=result.skipped, seconds=result.seconds, workers=workers,
-                                   interrupted=result.interrupted)
-    result.rows = result.summary["rows"]
-    result.rejected = result.summary["rejected"]
-    return result
+        if not result.interrupted:
+            finalise(out)
+        result.seconds = time.perf_counter() - started
+        result.summary = write_summary(out, cfg, backend, new_rows=result.new_rows, new_rejects=result.new_rejects,
+                                       skipped=result.skipped, seconds=result.seconds, workers=workers,
+                                       interrupted=result.interrupted)
+        result.rows = result.summary["rows"]
+        result.rejected = result.summary["rejected"]
+        return result
 
 
 def _progress(total: int, enabled: bool):
