@@ -98,6 +98,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except LockError as e:  # another process writes the same folder
             fail(str(e), 1)
+        except click.UsageError as e:  # a subcommand's options or arguments: one line too, not click's block
+            where = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+            fail(f"{e.format_message()}{where}", e.exit_code)
         except OSError as e:
             if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise

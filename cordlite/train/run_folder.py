@@ -116,12 +116,13 @@ def start(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: bo
     except CheckpointError as e:
         raise TrainError(str(e)) from None
     if existing is None:
-        if held:
+        if (run_dir / "adapter").exists():  # a finished run: its adapter would be replaced
             raise TrainError(f"--resume: {run_dir} has no checkpoint to resume from, but holds results "
                              f"({', '.join(held)}); pass --overwrite to start the run again from step 0, or set "
                              "output.dir to a new directory")
-        if dist.main:
-            note(f"--resume: {run_dir} holds no checkpoint yet; starting at step 0")
+        if dist.main:  # steps logged before the first checkpoint have no weights left to go on from
+            lost = " (the metrics rows logged before it are dropped: no weights were saved for them)" if held else ""
+            note(f"--resume: {run_dir} holds no checkpoint yet; starting at step 0{lost}")
         return None, identity
     check_same_run(existing, recipe, identity, dist)
     return existing, identity

@@ -287,13 +287,6 @@ def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: b
         if existing is not None:
             check_same_run(existing, recipe, identity, dist)
     model, rt, t = parts.model, parts.rt, recipe.train
-    if dist.main:
-        write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
-        write_text_atomic(run_dir / "runtime.json", json.dumps({**rt.describe(), "world_size": dist.world,
-                                                                 "versions": _versions()}, indent=2) + "\n")
-        if rt.loss_scaling and t.mixed_precision == "auto":
-            print(f"note: {rt.describe()['device_name']} has no native bf16: training in fp16 with loss scaling "
-                  "(RUN/runtime.json)", file=sys.stderr)
     done = 0
     if existing is not None:
         try:
@@ -306,7 +299,13 @@ def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: b
                 note(f"the checkpoint holds {done} steps and train.max_steps is {t.max_steps}: nothing to train; "
                       "raise train.max_steps to go on")
     metrics_path = run_dir / "metrics.jsonl"
-    if dist.main:
+    if dist.main:  # written once the checkpoint has loaded: a refused resume changes nothing
+        write_text_atomic(run_dir / "config.yaml", dump_recipe(recipe))
+        write_text_atomic(run_dir / "runtime.json", json.dumps({**rt.describe(), "world_size": dist.world,
+                                                                 "versions": _versions()}, indent=2) + "\n")
+        if rt.loss_scaling and t.mixed_precision == "auto":
+            note(f"{rt.describe()['device_name']} has no native bf16: training in fp16 with loss scaling "
+                 "(RUN/runtime.json)")
         _trim_metrics(metrics_path, done)
     dist.barrier()
 

@@ -139,6 +139,10 @@ class AudioFamily:
         from cordlite.models.families.processors import load_processor
 
         processor = load_processor(self, name_or_path, revision)
+        if len(processor.tokenizer) < 100:  # transformers makes an all-but-empty tokenizer when its files are missing
+            raise ValueError(f"{name_or_path} has no tokenizer (what loads holds {len(processor.tokenizer)} token(s): "
+                             "tokenizer.json / tokenizer_config.json are missing); copy the tokenizer files of its "
+                             "base model into it")
         processor._cordlite_audio_span = self.audio_span
         return processor
 
