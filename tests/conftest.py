@@ -55,6 +55,20 @@ def short_answer_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPa
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _digest_cache(tmp_path_factory: pytest.TempPathFactory):
+    """File digests (cordlite.train.identity) cached in the session's folder, not the user's home."""
+    import os
+
+    old = os.environ.get("CORDLITE_CACHE")
+    os.environ["CORDLITE_CACHE"] = str(tmp_path_factory.mktemp("cordlite_cache"))
+    yield
+    if old is None:
+        os.environ.pop("CORDLITE_CACHE", None)
+    else:
+        os.environ["CORDLITE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
     """Library calls such as the testbed build set torch's thread count for their process; give

@@ -82,6 +82,19 @@ def test_check_ok_manifest_goes_through_the_trainers_reader(tmp_path: Path) -> N
     assert report["duration_seconds"]["median"] == 2.0
 
 
+def test_a_byte_order_mark_is_one_rule_for_every_reader(tmp_path: Path) -> None:
+    """A manifest saved with a UTF-8 BOM (as some Windows tools write it) passes `data check` and
+    reads in the trainer's reader alike."""
+    from cordlite.data import read_manifest
+
+    sf.write(tmp_path / "q0.wav", _tone(1.0), 16000, subtype="PCM_16")
+    row = {"id": "q0", "audio_path": "q0.wav", "question": "What?", "answer": "1"}
+    (tmp_path / "manifest.jsonl").write_bytes(b"\xef\xbb\xbf" + (json.dumps(row) + "\n").encode())
+    report = check_manifest(tmp_path / "manifest.jsonl")
+    assert report["ok"] and report["rows"] == 1, report["problems"]
+    assert [ex.id for ex in read_manifest(tmp_path / "manifest.jsonl")] == ["q0"]
+
+
 def test_cli_check_exit_codes_and_report(tmp_path: Path) -> None:
     bad = _bad_manifest(tmp_path / "bad")
     runner = CliRunner()

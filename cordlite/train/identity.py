@@ -46,11 +46,11 @@ SAFE = {
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -118,7 +118,7 @@ def base_digest(name_or_path: str, revision: str | None = None) -> str | None:
 
 def run_identity(recipe: Recipe) -> dict:
     """The fields and digests that make the run what it is (see the module docstring)."""
-    fields = {k: v for k, v in _flat(recipe_to_dict(recipe)).items() if k not in SAFE}
+    fields = {k: v for k, v in flatten(recipe_to_dict(recipe)).items() if k not in SAFE}
     manifest = Path(recipe.data.train_manifest)
     return {"recipe": fields, "base": base_digest(recipe.model.name_or_path, recipe.model.revision),
             "manifest": "sha256:" + sha256_file(manifest) if manifest.is_file() else None}
@@ -148,7 +148,7 @@ def differences(recorded: dict, current: dict) -> list[str]:
 
 def safe_changes(recorded: dict, recipe: Recipe) -> list[str]:
     """The SAFE fields the recipe changes against the checkpoint's recorded recipe, as "field: old -> new"."""
-    old = _flat(recorded) if isinstance(recorded, dict) else {}
-    new = _flat(recipe_to_dict(recipe))
+    old = flatten(recorded) if isinstance(recorded, dict) else {}
+    new = flatten(recipe_to_dict(recipe))
     return [f"{k}: {_short(old[k])} -> {_short(new[k])}" for k in SAFE
             if k in old and k in new and old[k] != new[k] and k not in ("output.dir",)]

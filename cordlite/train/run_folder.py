@@ -22,7 +22,7 @@ from cordlite.config import Recipe
 from cordlite.lock import LockError, writer_lock
 from cordlite.train.checkpoint import CheckpointError, clean_checkpoints, intact_checkpoint, unmarked_steps
 from cordlite.train.distributed import Dist
-from cordlite.train.identity import SAFE, _flat, differences, run_identity, safe_changes
+from cordlite.train.identity import SAFE, differences, flatten, run_identity, safe_changes
 
 
 class TrainError(RuntimeError):
@@ -138,7 +138,7 @@ def check_same_run(existing: Path, recipe: Recipe, identity: dict, dist: Dist) -
     recorded = marker.get("identity") if isinstance(marker, dict) else None
     if not isinstance(recorded, dict):  # a checkpoint from before identities: its recipe, without digests
         old = marker.get("recipe") if isinstance(marker, dict) else None
-        recorded = {"recipe": {k: v for k, v in _flat(old).items() if k not in SAFE}} if isinstance(old, dict) else {}
+        recorded = {"recipe": {k: v for k, v in flatten(old).items() if k not in SAFE}} if isinstance(old, dict) else {}
     diffs = differences(recorded, identity)
     if diffs:
         shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
