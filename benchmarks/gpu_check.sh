@@ -56,7 +56,7 @@ if [ "$gpus" -ge 2 ]; then
     $py -m cordlite train recipes/tiny_cpu.yaml --num-processes 2 --set model.device=cuda \
       --set model.name_or_path=/tmp/cordlite-ddp/model --set data.train_manifest=/tmp/cordlite-ddp/data/manifest.jsonl \
       --set train.max_steps=2 --set train.batch_size=4 --set train.micro_batch_size=2 \
-      --set output.dir=/tmp/cordlite-ddp/run --set output.progress=false"
+      --set output.dir=/tmp/cordlite-ddp/run --set output.progress=false --overwrite"
 fi
 echo
 cat "$summary"

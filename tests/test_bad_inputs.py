@@ -300,7 +300,7 @@ def c_csv_manifest(c):
 
 
 def c_output_is_the_model(c):
-    return ["train", c.recipe(output={"dir": str(c.model)})], 1, ["is inside the base model's folder", "a folder of its own"]
+    return ["train", c.recipe(output={"dir": str(c.model)})], 1, ["is the base model's own folder", "a folder of its own"]
 
 
 def c_output_is_the_data(c):

@@ -35,6 +35,7 @@ SAFE = {
     "rollout.kv_budget_gb": "memory only: every row draws from its own key however generate calls are split",
     "data.audio_cache_mb": "memory only",
     "loss.kl_chunk_size": "memory only: the same sums in other chunks",
+    "model.attn_implementation": "speed and memory only: the same attention by another kernel",
     "judge.batch_size": "speed only",
     "model.name_or_path": "a path: the base's weights are compared by digest",
     "model.create_tiny_if_missing": "builds the tiny model when it is missing; the weights are compared by digest",

@@ -42,8 +42,9 @@ def check_output_dir(recipe: Recipe) -> None:
     out = Path(recipe.output.dir).expanduser().resolve()
     model = Path(recipe.model.name_or_path).expanduser()
     if model.is_dir() and _inside(out, model.resolve()):
-        raise TrainError(f"output.dir: {recipe.output.dir} is inside the base model's folder {model}; a run writes "
-                         "config.yaml, adapter/ and checkpoints/ there: set output.dir to a folder of its own")
+        where = "is the base model's own folder" if out == model.resolve() else f"is inside the base model's folder {model}"
+        raise TrainError(f"output.dir: {recipe.output.dir} {where}; a run writes config.yaml, adapter/ and "
+                         "checkpoints/ there: set output.dir to a folder of its own")
     data = Path(recipe.data.train_manifest).expanduser().resolve().parent
     if out == data:
         raise TrainError(f"output.dir: {recipe.output.dir} is the training data's own folder ({data}); set output.dir "

@@ -318,8 +318,12 @@ def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: b
 
     def checkpoint(step: int) -> None:
         if dist.main:
-            save_checkpoint(ckpt_root, step, model, parts.optimizer, parts.scheduler, meta, recipe.output.keep_last,
-                            parts.scaler)
+            try:
+                save_checkpoint(ckpt_root, step, model, parts.optimizer, parts.scheduler, meta,
+                                recipe.output.keep_last, parts.scaler)
+            except CheckpointError as e:  # non-finite state, or state JSON cannot hold: nothing was written
+                last = latest_checkpoint(ckpt_root)
+                raise TrainError(f"{e}; the last good checkpoint is {last or 'none'}") from None
         dist.barrier()
 
     metrics = metrics_path.open("a", encoding="utf-8") if dist.main else None
