@@ -106,9 +106,11 @@ def show(recipe: str, overrides: tuple[str, ...]) -> None:
               help="The model family (its real transformers class, processor and chat template).")
 def tiny_model(out_dir: str, overwrite: bool, family: str) -> None:
     """Build a tiny random-init checkpoint of a model family with its processor in OUT_DIR (offline, seconds)."""
+    from cordlite.lock import writer_lock
     from cordlite.models.tiny_families import build_tiny, ensure_tiny
 
-    path = build_tiny(family, out_dir, overwrite=True) if overwrite else ensure_tiny(family, out_dir)
+    with writer_lock(out_dir, "cordlite tiny-model", fix="pass another OUT_DIR"):
+        path = build_tiny(family, out_dir, overwrite=True) if overwrite else ensure_tiny(family, out_dir)
     click.echo(f"tiny {family} in {path}")
 
 
@@ -118,9 +120,11 @@ def tiny_model(out_dir: str, overwrite: bool, family: str) -> None:
 @click.option("--seed", default=0, show_default=True)
 def tiny_data(out_dir: str, n_questions: int, seed: int) -> None:
     """Voice a small set of arithmetic and multiple-choice questions with espeak-ng into OUT_DIR."""
+    from cordlite.lock import writer_lock
     from data_tools.tiny_spoken import make_tiny_spoken_set
 
-    click.echo(f"manifest: {make_tiny_spoken_set(out_dir, n_questions=n_questions, seed=seed)}")
+    with writer_lock(out_dir, "cordlite tiny-data", fix="pass another OUT_DIR"):
+        click.echo(f"manifest: {make_tiny_spoken_set(out_dir, n_questions=n_questions, seed=seed)}")
 
 
 # `cordlite eval|diagnose|judge-check` and `cordlite merge|infer`: their modules import only click.

@@ -71,6 +71,8 @@ def _commands(tmp: Path, tiny_model_dir: Path, tiny_manifest: Path, run: Path) -
     recipe.write_text(yaml.safe_dump(tiny_raw(tiny_model_dir, tiny_manifest, tmp / "train_out")))
     questions = tmp / "questions.jsonl"
     questions.write_text(json.dumps({"id": "q1", "question": "What is two plus two?", "answer": "4"}) + "\n")
+    pairs = tmp / "pairs.jsonl"
+    pairs.write_text(json.dumps({"question": "2 + 2?", "answer_a": "4", "answer_b": "four", "label": True}) + "\n")
     m = str(tiny_manifest)
     return {
         "train": (tmp / "train_out", ["train", str(recipe)]),
@@ -84,10 +86,14 @@ def _commands(tmp: Path, tiny_model_dir: Path, tiny_manifest: Path, run: Path) -
         "testbed ablate": (tmp / "suite", ["testbed", "ablate", str(REPO / "recipes" / "suites" /
                                                                    "testbed_scratch_ablation.yaml"),
                                            "--out", str(tmp / "suite")]),
+        "judge-check": (tmp / "jc", ["judge-check", str(pairs), "--mode", "rules", "--out", str(tmp / "jc")]),
+        "tiny-model": (tmp / "tm", ["tiny-model", str(tmp / "tm")]),
+        "tiny-data": (tmp / "td", ["tiny-data", str(tmp / "td"), "--n", "2"]),
     }
 
 
-COMMANDS = ["train", "merge", "eval", "diagnose", "infer", "data tts", "testbed build", "testbed ablate"]
+COMMANDS = ["train", "merge", "eval", "diagnose", "infer", "data tts", "testbed build", "testbed ablate", "judge-check",
+            "tiny-model", "tiny-data"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

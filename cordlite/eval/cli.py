@@ -132,8 +132,13 @@ def judge_check(pairs: str, mode: str, model_path: str, quantization: str, devic
         fail("--batch-size and --max-new-tokens must be >= 1")
     s = JudgeCheckSettings(pairs=pairs, mode=mode, model=model_path, quantization=quantization, device=device,
                            batch_size=batch_size, max_new_tokens=max_new_tokens, cache=cache, out=out)
+    from contextlib import nullcontext
+
+    from cordlite.lock import writer_lock
+
     try:
-        r = run_judge_check(s)
+        with writer_lock(out, "cordlite judge-check", fix="pass another --out") if out else nullcontext():
+            r = run_judge_check(s)
     except _eval_errors() as e:
         fail(str(e), 1)
     acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"

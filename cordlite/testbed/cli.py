@@ -111,10 +111,13 @@ def frames_cmd(testbed_dir: str, splits: tuple[str, ...], threads: int) -> None:
         testbed_instruction(testbed_dir)  # a finished build, or a message saying how to make one
     except FileNotFoundError as e:
         fail(str(e), 1)
-    model, processor = load_checkpoint(Path(testbed_dir) / "model")
-    for split in splits:
-        frames = split_frames(testbed_dir, split, model, processor)
-        click.echo(f"{split}: {len(frames.frames)} clips -> {store_path(testbed_dir, split)}")
+    from cordlite.lock import writer_lock
+
+    with writer_lock(Path(testbed_dir) / "frames", "cordlite testbed frames", fix="run it again afterwards"):
+        model, processor = load_checkpoint(Path(testbed_dir) / "model")
+        for split in splits:
+            frames = split_frames(testbed_dir, split, model, processor)
+            click.echo(f"{split}: {len(frames.frames)} clips -> {store_path(testbed_dir, split)}")
 
 
 @testbed.command("ablate")
