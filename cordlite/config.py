@@ -251,6 +251,10 @@ class OutputConfig:
     """Checkpoints kept on disk; older ones are deleted."""
     progress: bool = True
     """Show a progress bar with live loss and reward."""
+    report_to: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
+    """Trackers fed every metrics.jsonl row and the resolved recipe (cordlite.train.tracking):
+    tensorboard (RUN/tensorboard/), wandb, mlflow, trackio; each an optional extra
+    (pip install 'cordlite[tensorboard]')."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ SAFE = {
     "output.save_every": "how often checkpoints are written",
     "output.keep_last": "how many checkpoints are kept",
     "output.progress": "the progress bar",
+    "output.report_to": "where the metrics are also sent",
     "train.micro_batch_size": "memory only: a step's gradient is the sum over its micro-batches",
     "train.gradient_checkpointing": "memory only: the same gradients, recomputed",
     "rollout.kv_budget_gb": "memory only: every row draws from its own key however generate calls are split",

@@ -30,7 +30,7 @@ class TrainError(RuntimeError):
 
 
 RESULTS = ("metrics.jsonl", "adapter", "checkpoints", "reference_answers.jsonl", "skipped_rows.jsonl", "config.yaml",
-           "runtime.json", "judge_cache.jsonl")  # what `--overwrite` removes: the run's own files, nothing else
+           "runtime.json", "judge_cache.jsonl", "tensorboard", "wandb")  # what `--overwrite` removes: the run's own
 
 
 def _inside(child: Path, parent: Path) -> bool:

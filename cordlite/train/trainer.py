@@ -44,6 +44,7 @@ from cordlite.train.identity import base_digest, run_identity
 from cordlite.train.meter import linear_sizes, peak_flops
 from cordlite.train.optimizer_step import StepParts, run_step
 from cordlite.train.run_folder import TrainError, check_output_dir, check_same_run, note, run_lock, start
+from cordlite.train.tracking import Trackers
 
 METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
                "weight_max", "tokens_generated", "step_seconds")
@@ -308,6 +309,8 @@ def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: b
                  "(RUN/runtime.json)")
         _trim_metrics(metrics_path, done)
     dist.barrier()
+    trackers = Trackers(recipe.output.report_to, run_dir, recipe_to_dict(recipe), done) \
+        if dist.main and recipe.output.report_to else None
 
     meta = {"base_model": recipe.model.name_or_path, "recipe": recipe_to_dict(recipe), "identity": identity}
     progress = None
@@ -338,6 +341,8 @@ def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: b
                     if rows_skipped is not None:
                         row["rows_skipped"] = rows_skipped
                     _log(metrics, row, progress)
+                    if trackers is not None:
+                        trackers.log(row)
                 if done % recipe.output.save_every == 0 or done == t.max_steps:
                     checkpoint(done)
         except StopRequested as stop:
@@ -366,6 +371,8 @@ def _train(recipe: Recipe, dist: Dist, run_dir: Path, resume: bool, overwrite: b
         finally:
             if metrics is not None:
                 metrics.close()
+            if trackers is not None:
+                trackers.finish()
     if progress is not None:
         progress.close()
     if dist.main:

@@ -1,0 +1,77 @@
+"""Live run tracking: every metrics.jsonl row, and the resolved recipe as the run's config, sent to
+the trackers practitioners watch, through accelerate's tracker classes.
+
+    output:
+      report_to: [tensorboard]     # RUN/tensorboard/: tensorboard --logdir RUN/tensorboard
+
+metrics.jsonl stays the record; a tracker is a view of it, fed the same rows as they are written
+(numbers only: the prompt ids stay in the file). Each tracker's package is an optional extra
+(`pip install 'cordlite[tensorboard]'`, `[wandb]`, `[mlflow]`, `[trackio]`); a recipe naming one
+whose package is missing is refused at load, before the model. On `--resume` TensorBoard drops
+the events of steps past the checkpoint, as metrics.jsonl drops their rows. W&B and MLflow read
+their own settings from the environment (WANDB_MODE=offline, MLFLOW_TRACKING_URI, ...).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
+PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+PROJECT = "cordlite"
+
+
+def missing_packages(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The trackers among `names` whose package is not installed."""
+    return [n for n in names if importlib.util.find_spec(PACKAGE[n]) is None]
+
+
+def _config(recipe_dict: dict, prefix: str = "") -> dict:
+    """The recipe flattened to "section.field": value, lists as JSON text (what every tracker takes)."""
+    out = {}
+    for k, v in recipe_dict.items():
+        if isinstance(v, dict):
+            out.update(_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _numbers(row: dict) -> dict[str, float]:
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+
+
+class Trackers:
+    """The run's trackers (main process only). `done`: steps already done (a resumed run)."""
+
+    def __init__(self, names: tuple[str, ...], run_dir: Path, recipe_dict: dict, done: int = 0):
+        from accelerate import tracking
+
+        self.trackers = []
+        for name in names:
+            if name == "tensorboard":
+                # purge_step: events of steps past the checkpoint (an interrupted run's) are dropped
+                t = tracking.TensorBoardTracker("tensorboard", run_dir, **({"purge_step": done + 1} if done else {}))
+            elif name == "wandb":
+                t = tracking.WandBTracker(PROJECT, name=run_dir.name, dir=str(run_dir))
+            elif name == "mlflow":
+                t = tracking.MLflowTracker(PROJECT, run_name=run_dir.name)
+            else:
+                t = tracking.TrackioTracker(PROJECT, name=run_dir.name)
+            t.start()
+            self.trackers.append(t)
+        config = _config(recipe_dict)
+        for t in self.trackers:
+            t.store_init_configuration(config)
+
+    def log(self, row: dict) -> None:
+        values = _numbers(row)
+        for t in self.trackers:
+            t.log(values, step=int(row["step"]))
+
+    def finish(self) -> None:
+        for t in self.trackers:
+            t.finish()
+        self.trackers = []
