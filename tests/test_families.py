@@ -416,3 +416,24 @@ def test_omni_processor_files_that_do_not_fit_the_class_get_one_message(family_d
     (bad / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"omni: its processor files do not make a Qwen2_5OmniProcessor .*torchvision"):
         FAMILIES["qwen2_5_omni"].load_processor(str(bad))
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_eval_answers_from_merged_audio_embeddings_equal_generate_with_features(family, family_dirs, tiny_manifest):
+    """`cordlite eval`'s fast audio view (the encoder once per clip on its own length, the prompt read
+    once by cordlite's prefill) gives the answers generate() gives from the features, token for token,
+    for a batch of clips of different lengths."""
+    from cordlite.deploy.loading import load_model
+    from cordlite.eval.evaluate import EvalSettings, _answer_batch
+    from cordlite.models.tokens import audio_special_token_ids, end_token_ids
+
+    net, processor = load_model(str(family_dirs[family]), "cpu", "float32")
+    views = encode_views(processor, read_manifest(tiny_manifest), AudioCache(), INSTRUCTION)
+    tok = processor.tokenizer
+    end = end_token_ids(net, tok)
+    tokens = (end, tok.pad_token_id if tok.pad_token_id is not None else end[-1], audio_special_token_ids(tok))
+    s = EvalSettings(manifest=str(tiny_manifest), out="unused", max_new_tokens=GREEDY_TOKENS)
+    fast = _answer_batch(net, processor, views, s, tokens)["audio"]
+    slow = _answer_batch(net, processor, views, s, tokens, embed_audio=False)["audio"]
+    assert fast == slow
+    assert len(set(fast[1])) > 1  # the clips get different answers: the audio is read

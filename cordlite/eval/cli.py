@@ -63,7 +63,8 @@ def _with_model_options(f):
               help="Answer length limit [default: the trained rollout.max_new_tokens; else 200].")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy (default).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling when --temperature > 0.")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--batch-size", default=32, show_default=True, help="Questions per batch (each generate call is "
+              "sized by the memory it may hold; see docs/evaluation.md).")
 @click.option("--judge", "judge_mode", type=click.Choice(["rules", "llm", "rules_then_llm"]), default="rules",
               show_default=True, help="How answers are scored against the manifest's `answer`.")
 @click.option("--judge-model", default="self", show_default=True,
