@@ -120,10 +120,13 @@ def _window_seconds(processor) -> float | None:
 @torch.no_grad()
 def answer_clips(ans: Answerer, clips: list[np.ndarray]) -> list[str]:
     """Greedy answers to 16 kHz mono clips, one per clip."""
+    from cordlite.models.audio_view import merged_audio_prompt
     from cordlite.models.sampling import sample
 
     inputs = audio_prompt_inputs(ans.processor, clips, ans.instruction, ans.system_prompt)
     inputs = {k: v.to(ans.device) for k, v in inputs.items()}  # the encoder casts features to its own dtype
+    with torch.no_grad():
+        inputs = merged_audio_prompt(ans.model, inputs)
     out = sample(ans.model, inputs, 1, temperature=1.0, max_new_tokens=ans.max_new_tokens, end_ids=ans.end_ids,
                  pad_id=ans.pad_id, blocked_ids=ans.blocked_ids, greedy=True)
     ids = out.completion_ids.masked_fill(out.completion_mask == 0, ans.pad_id)

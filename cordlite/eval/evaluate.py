@@ -116,25 +116,15 @@ def _rows_of(inputs: dict, rows: list[int]) -> dict:
     return {k: v[:, first:] for k, v in out.items()}
 
 
-def audio_prompt(net, audio: dict) -> dict:
-    """The audio view as merged embeddings: the encoder once per clip, on the part of its window that
-    holds the clip (cordlite.models.audio_view.encode_each), its frames written over the audio
-    placeholders; then every prompt is read once by cordlite's prefill and its keys and values kept
-    once (cordlite.models.sampling). Passed to generate() as input_features instead, the encoder would
-    run on every clip's full 30 s window and the prompt's logits over the whole vocabulary."""
-    from cordlite.models.audio_view import encode_each, prompt_embeds
-
-    return prompt_embeds(net, audio, frames=encode_each(net, audio["input_features"], audio["feature_attention_mask"]))
-
-
 def _answer_batch(net, processor, views, s: EvalSettings, tokens,
                   embed_audio: bool = True) -> dict[str, tuple[list[int], list[str], list[int], list[bool]]]:
     """Per view: (batch rows answered, texts, token counts, truncated); audio-only items get no text row.
-    `embed_audio`: the audio view through audio_prompt (False: its features to generate(), the slow
-    way it gives the same answers as)."""
+    `embed_audio`: the audio view as merged embeddings (cordlite.models.audio_view.merged_audio_prompt;
+    False: its features to generate(), the slow way to the same answers)."""
     import torch
 
     from cordlite.data import has_text_view
+    from cordlite.models.audio_view import merged_audio_prompt
     from cordlite.models.sampling import sample
 
     out = {}
@@ -147,7 +137,7 @@ def _answer_batch(net, processor, views, s: EvalSettings, tokens,
             continue
         with torch.no_grad():
             if modality == "audio" and embed_audio:
-                inputs = audio_prompt(net, inputs)
+                inputs = merged_audio_prompt(net, inputs)
             r = sample(net, inputs, 1, temperature=s.temperature if not greedy else 1.0,
                        max_new_tokens=s.max_new_tokens, end_ids=tokens[0], pad_id=tokens[1], blocked_ids=tokens[2],
                        top_p=s.top_p, greedy=greedy)

@@ -85,6 +85,17 @@ def prompt_embeds(model, prompt: dict[str, torch.Tensor],
     return {"inputs_embeds": embeds, "attention_mask": prompt["attention_mask"], "input_ids": prompt["input_ids"]}
 
 
+def merged_audio_prompt(model, audio: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An audio-view prompt for answering (eval, infer, diagnose) as merged embeddings: the encoder
+    once per clip, on the part of its window that holds the clip (encode_each), its frames written
+    over the audio placeholders. The sampler then reads every prompt once with cordlite's prefill
+    and keeps its keys and values once; handed to generate() as features instead, the encoder runs on
+    every clip's full window and the prompt's logits are computed over the whole vocabulary. The
+    same answers (tests/test_families.py)."""
+    return prompt_embeds(model, audio, frames=encode_each(model, audio["input_features"],
+                                                          audio["feature_attention_mask"]))
+
+
 def _encoder_only(model, items):
     """(name, value) pairs of the audio tower's `items`, without the projector where the family's
     projector sits inside the tower (Qwen2.5-Omni's audio_tower.proj): what encode_audio computes."""
