@@ -82,7 +82,7 @@ def testbed_model(encoder: str) -> TinySpec:
     d, layers, heads, ffn, mels = _WHISPER_SHAPES[encoder]
     # Four attention heads in the language model instead of two (the same width and cost within 15%):
     # with two, it lost its place in 8 to 10 s of projected frames and transcribed 3-operation
-    # questions with an operation repeated or swapped (docs/testbed.md, "How the alignment was chosen").
+    # questions with an operation repeated or swapped (docs/testbed_record.md, "How the alignment was chosen").
     return dataclasses.replace(TESTBED_MODEL, num_attention_heads=4, num_key_value_heads=4, audio_d_model=d,
                                audio_layers=layers, audio_heads=heads, audio_ffn_dim=ffn, num_mel_bins=mels,
                                chunk_length_s=12)

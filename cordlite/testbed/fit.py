@@ -44,7 +44,7 @@ class FitConfig:
     warmup_steps: int = 50
     """Linear warm-up from 0 to lr."""
     schedule: str = "constant"
-    """After warm-up: "constant", or "linear" (down to 0 at max_steps; docs/testbed.md, second build)."""
+    """After warm-up: "constant", or "linear" (down to 0 at max_steps; docs/testbed_record.md, the scratch build's second build)."""
     eval_every: int = 25
     """Steps between evaluations of the stopping metric."""
     target: float = 1.0
