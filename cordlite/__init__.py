@@ -3,7 +3,8 @@
 The package by job, bottom layer first (tests/test_layers.py keeps it so):
 
     shared ground   config (the recipe's fields), recipe (read and check), schema, data, prompts,
-                    audio, files, lock (one writer per folder), cli_common: the modules at this level
+                    audio, files, lock (one writer per folder), tracking (TensorBoard, W&B, MLflow,
+                    trackio), cli_common: the modules at this level
     models/         load the base, quantise, LoRA, adapters_off, sampling, tiny checkpoints
     judge/          rule verifiers, benchmark conventions, the LLM judge, rewards, judge-check
     objective/      the CORD maths (pure weights, advantages, losses), log-probs, one step

@@ -252,7 +252,7 @@ class OutputConfig:
     progress: bool = True
     """Show a progress bar with live loss and reward."""
     report_to: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio"], ...] = ()
-    """Trackers fed every metrics.jsonl row and the resolved recipe (cordlite.train.tracking):
+    """Trackers fed every metrics.jsonl row and the resolved recipe (cordlite.tracking):
     tensorboard (RUN/tensorboard/), wandb, mlflow, trackio; each an optional extra
     (pip install 'cordlite[tensorboard]')."""
 

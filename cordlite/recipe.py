@@ -162,7 +162,7 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
         problems.append("quantization.mode: 'int8' needs CUDA in bitsandbytes; use 'nf4' or 'none' on CPU")
 
     need(bool(r.output.dir), "output.dir: required")
-    if check_paths:  # a tracker's package, before the model loads (cordlite.train.tracking)
+    if check_paths:  # a tracker's package, before the model loads (cordlite.tracking)
         import importlib.util
 
         for name in dict.fromkeys(r.output.report_to):

@@ -3,7 +3,7 @@
 Every import counts, including those inside functions and under `if TYPE_CHECKING:` (a lazy import
 is still a dependency). The layers, bottom first, as each package's `__init__.py` states them:
 
-    0  shared ground   cordlite/{audio,files,lock,schema,prompts,config,recipe,data,cli_common}.py
+    0  shared ground   cordlite/{audio,files,lock,tracking,schema,prompts,config,recipe,data,cli_common}.py
     1  models/         data_tools/ (TTS and datasets: shared ground only)
     2  judge/
     3  objective/
@@ -47,7 +47,7 @@ LAYERS: dict[str, float] = {
     "cordlite.__main__": 6.5,  # runs the cli
     "benchmarks": 7,
 }
-SHARED_GROUND = {"cordlite", "cordlite.audio", "cordlite.files", "cordlite.lock", "cordlite.schema", "cordlite.prompts",
+SHARED_GROUND = {"cordlite", "cordlite.audio", "cordlite.files", "cordlite.lock", "cordlite.tracking", "cordlite.schema", "cordlite.prompts",
                  "cordlite.config", "cordlite.recipe", "cordlite.data", "cordlite.cli_common"}
 # The pure CORD maths: tensors in, tensors out; nothing but torch and the standard library.
 PURE = {"cordlite.objective.weights", "cordlite.objective.advantages", "cordlite.objective.losses"}

@@ -102,3 +102,18 @@ def test_mlflow_with_a_local_sqlite_store_gets_every_row(tiny_model_dir, tiny_ma
         history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
         assert history == {r["step"]: pytest.approx(r[k], rel=1e-9) for r in rows}, k
     assert run.data.params["optim.lr"] == str(raw["optim"]["lr"])
+
+
+def test_an_evaluation_of_the_run_joins_its_tensorboard_at_the_adapters_step(tiny_model_dir, tiny_manifest,
+                                                                               tmp_path):
+    from cordlite.eval.evaluate import EvalSettings, run_eval
+
+    raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp_path / "run", steps=2, output={"report_to": ["tensorboard"]})
+    train(recipe_from_dict(raw))
+    summary = run_eval(EvalSettings(manifest=str(tiny_manifest), out=str(tmp_path / "eval"),
+                                    adapter=str(tmp_path / "run"), max_new_tokens=4, progress=False))
+    events = _scalars(tmp_path / "run" / "tensorboard")
+    assert events["eval/text_acc"] == {2: pytest.approx(summary["text_acc"])}
+    assert events["eval/audio_acc"] == {2: pytest.approx(summary["audio_acc"])}
+    assert events["eval/gap"] == {2: pytest.approx(summary["gap"])}
+    assert sorted(events["loss"]) == [1, 2]  # the training's own events kept

@@ -269,4 +269,22 @@ def run_eval(s: EvalSettings) -> dict:
         if baseline is not None:
             summary["baseline"] = baseline_report(baseline, summary, s.baseline)
         write_outputs(out, summary)
+        if s.adapter:
+            _report_to_run(s.adapter, summary)
         return summary
+
+
+def _report_to_run(adapter: str, summary: dict) -> None:
+    """An adapter's evaluation, sent to the trackers its run reports to (output.report_to), at its step."""
+    from cordlite.models.adapter import adapter_metadata, locate_adapter, training_recipe
+    from cordlite.tracking import report_eval
+
+    adapter_dir, run_dir = locate_adapter(adapter)
+    recipe = training_recipe(adapter_dir, run_dir)
+    if run_dir is None or recipe is None:
+        return
+    meta = adapter_metadata(adapter_dir)
+    step = meta.get("steps", meta.get("step"))
+    names = report_eval(run_dir, recipe, step if isinstance(step, int) else 0, summary)
+    if names:
+        print(f"note: the summary also went to {', '.join(names)} (the run's output.report_to)", file=sys.stderr)

@@ -38,13 +38,13 @@ from cordlite.models.lora import attach_lora, trainable_parameters
 from cordlite.models.runtime import resolve_runtime
 from cordlite.objective.references import ReferenceStore, Tokens
 from cordlite.recipe import dump_recipe, recipe_to_dict
+from cordlite.tracking import Trackers
 from cordlite.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from cordlite.train.distributed import Dist, init_distributed
 from cordlite.train.identity import base_digest, run_identity
 from cordlite.train.meter import linear_sizes, peak_flops
 from cordlite.train.optimizer_step import StepParts, run_step
 from cordlite.train.run_folder import TrainError, check_output_dir, check_same_run, note, run_lock, start
-from cordlite.train.tracking import Trackers
 
 METRIC_KEYS = ("step", "loss", "tok_loss", "seq_loss", "kl_mean", "kl_p80", "reward_mean", "weight_mean",
                "weight_max", "tokens_generated", "step_seconds")

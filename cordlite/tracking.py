@@ -5,7 +5,8 @@ the trackers practitioners watch, through accelerate's tracker classes.
       report_to: [tensorboard]     # RUN/tensorboard/: tensorboard --logdir RUN/tensorboard
 
 metrics.jsonl stays the record; a tracker is a view of it, fed the same rows as they are written
-(numbers only: the prompt ids stay in the file). Each tracker's package is an optional extra
+(numbers only: the prompt ids stay in the file). `cordlite eval --adapter RUN` of such a run adds
+its summary (eval/text_acc, eval/audio_acc, eval/gap, eval/gap_reduction) at the adapter's step. Each tracker's package is an optional extra
 (`pip install 'cordlite[tensorboard]'`, `[wandb]`, `[mlflow]`, `[trackio]`); a recipe naming one
 whose package is missing is refused at load, before the model. On `--resume` TensorBoard drops
 the events of steps past the checkpoint, as metrics.jsonl drops their rows. W&B and MLflow read
@@ -44,9 +45,10 @@ def _numbers(row: dict) -> dict[str, float]:
 
 
 class Trackers:
-    """The run's trackers (main process only). `done`: steps already done (a resumed run)."""
+    """The run's trackers (main process only). `done`: steps already done (a resumed run); `recipe_dict`
+    is stored as the run's config (None: not again, for an evaluation's summary)."""
 
-    def __init__(self, names: tuple[str, ...], run_dir: Path, recipe_dict: dict, done: int = 0):
+    def __init__(self, names: tuple[str, ...], run_dir: Path, recipe_dict: dict | None, done: int = 0):
         from accelerate import tracking
 
         self.trackers = []
@@ -62,9 +64,10 @@ class Trackers:
                 t = tracking.TrackioTracker(PROJECT, name=run_dir.name)
             t.start()
             self.trackers.append(t)
-        config = _config(recipe_dict)
-        for t in self.trackers:
-            t.store_init_configuration(config)
+        if recipe_dict is not None:
+            config = _config(recipe_dict)
+            for t in self.trackers:
+                t.store_init_configuration(config)
 
     def log(self, row: dict) -> None:
         values = _numbers(row)
@@ -75,3 +78,21 @@ class Trackers:
         for t in self.trackers:
             t.finish()
         self.trackers = []
+
+
+def report_eval(run_dir: Path, recipe_dict: dict, step: int, summary: dict) -> list[str]:
+    """Send an evaluation's summary of run `run_dir` (trained with `recipe_dict`, its adapter at `step`)
+    to the trackers the run reports to; returns their names ([] when it reports to none)."""
+    names = tuple((recipe_dict.get("output") or {}).get("report_to") or ())
+    names = tuple(n for n in names if n in TRACKERS and not missing_packages([n]))
+    if not names:
+        return []
+    values = {"step": step, **{f"eval/{k}": summary[k] for k in ("text_acc", "audio_acc", "gap")
+                               if isinstance(summary.get(k), (int, float))}}
+    reduction = (summary.get("baseline") or {}).get("gap_reduction")
+    if isinstance(reduction, (int, float)):
+        values["eval/gap_reduction"] = reduction
+    trackers = Trackers(names, run_dir, None)
+    trackers.log(values)
+    trackers.finish()
+    return list(names)
