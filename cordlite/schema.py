@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import difflib
 import types
 import typing
@@ -31,10 +32,15 @@ _MISSING = object()
 ECHO_LIMIT = 80  # characters of a bad value an error line repeats (a YAML alias bomb expands to megabytes)
 
 
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 8, 8, 8
+_REPR.maxstring = _REPR.maxother = ECHO_LIMIT
+
+
 def shown(value: Any) -> str:
-    """repr(value), cut to ECHO_LIMIT characters."""
-    text = repr(value)
-    return text if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]}... ({len(text)} characters)"
+    """repr(value), at most ECHO_LIMIT characters, made without walking all of a huge value (reprlib)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= ECHO_LIMIT else f"{text[:ECHO_LIMIT]}..."
 
 
 def _did_you_mean(name: str, options: list[str]) -> str:

@@ -288,7 +288,7 @@ def c_yaml_alias_bomb(c):
         f"{n}: &{n} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, n in zip("abcde", "bcdef"))
     path = c.tmp / "bomb.yaml"
     path.write_text(bomb + "data:\n  instruction: *f\n")
-    return ["validate", str(path)], 2, ["data.instruction: expected a string, got [[[[[", "characters)"]
+    return ["validate", str(path)], 2, ["data.instruction: expected a string, got [[[", "...]"]
 
 
 def c_csv_manifest(c):
