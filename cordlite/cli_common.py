@@ -2,7 +2,7 @@
 the libraries underneath are (`cordlite --verbose` lets them speak).
 
 Used by cordlite/cli.py, eval/cli.py, deploy/cli.py, testbed/cli.py and data_tools/cli.py; it
-imports only click and cordlite.lock (standard library), so `cordlite --help` stays instant.
+imports only click, cordlite.lock and cordlite.files (standard library), so `cordlite --help` stays instant.
 """
 
 from __future__ import annotations
@@ -111,20 +111,12 @@ class Group(click.Group):
             fail(f"a file given is not UTF-8 text ({e.reason} at byte {e.start}: 0x{e.object[e.start]:02x}); "
                  f"save it as UTF-8 (set {DEBUG_ENV}=1 for the traceback to see which)", 1)
         except Exception as e:  # a library hiding an OS error in its own class (safetensors: a full disk)
-            code = _os_error_code(e)
-            if code is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            from cordlite.files import io_error_of
+
+            err = None if isinstance(e, (click.ClickException, click.exceptions.Exit)) else io_error_of(e)
+            if err is None or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
                 raise
-            fail(f"{os_error_message(OSError(code, os.strerror(code)))} (set {DEBUG_ENV}=1 for the traceback)", 1)
-
-
-def _os_error_code(e: BaseException) -> int | None:
-    """The errno a library error carries in its message ("... (os error 28)"), or None."""
-    import re
-
-    if isinstance(e, click.exceptions.ClickException) or isinstance(e, click.exceptions.Exit):
-        return None
-    match = re.search(r"\(os error (\d+)\)", str(e))
-    return int(match.group(1)) if match else None
+            fail(f"{os_error_message(err)} (set {DEBUG_ENV}=1 for the traceback)", 1)
 
 
 def key_value_pairs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:

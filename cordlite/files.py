@@ -47,17 +47,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def io_error_of(e: BaseException, path: str | Path) -> OSError | None:
+def io_error_of(e: BaseException, path: str | Path | None = None) -> OSError | None:
     """An error of a writer that hides the OS error inside its own class (safetensors' SafetensorError:
     "... I/O error: No space left on device (os error 28)"; a RuntimeError from torch) as the OSError
-    it is, naming `path`; None when `e` carries no OS error."""
+    it is, naming `path` (when known); None when `e` carries no OS error."""
+    where = None if path is None else str(path)
     if isinstance(e, OSError):
-        return e if e.filename is not None else OSError(e.errno, e.strerror, str(path))
+        return e if e.filename is not None else OSError(e.errno, e.strerror, where)
     match = re.search(r"\(os error (\d+)\)", str(e))
     if match is None:
         return None
     code = int(match.group(1))
-    return OSError(code, os.strerror(code), str(path))
+    return OSError(code, os.strerror(code), where)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

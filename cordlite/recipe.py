@@ -163,11 +163,10 @@ def _check(r: Recipe, problems: list[str], check_paths: bool = True) -> None:
 
     need(bool(r.output.dir), "output.dir: required")
     if check_paths:  # a tracker's package, before the model loads (cordlite.tracking)
-        import importlib.util
+        from cordlite.tracking import missing_packages
 
-        for name in dict.fromkeys(r.output.report_to):
-            if importlib.util.find_spec(name) is None:
-                problems.append(f"output.report_to: {name!r} needs the {name} package, which is not installed; "
+        for name in missing_packages(list(dict.fromkeys(r.output.report_to))):
+            problems.append(f"output.report_to: {name!r} needs the {name} package, which is not installed; "
                                 f"pip install 'cordlite[{name}]', or remove it from the list")
     need(r.output.save_every >= 1, f"output.save_every: {r.output.save_every} must be >= 1")
     need(r.output.keep_last >= 1, f"output.keep_last: {r.output.keep_last} must be >= 1")

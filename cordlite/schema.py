@@ -166,6 +166,17 @@ def build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
     return cls(**kwargs)
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """A nested mapping (a plain recipe) as {"section.field": value}."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def to_plain(obj: Any) -> Any:
     """A frozen dataclass tree as plain dicts and lists (YAML/JSON ready; tuples become lists)."""
     def plain(x: Any) -> Any:

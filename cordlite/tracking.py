@@ -19,25 +19,20 @@ import importlib.util
 import json
 from pathlib import Path
 
+from cordlite.schema import flatten
+
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 PROJECT = "cordlite"
 
 
 def missing_packages(names: tuple[str, ...] | list[str]) -> list[str]:
-    """The trackers among `names` whose package is not installed."""
-    return [n for n in names if importlib.util.find_spec(PACKAGE[n]) is None]
+    """The trackers among `names` whose package is not installed (each tracker's package has its name)."""
+    return [n for n in names if importlib.util.find_spec(n) is None]
 
 
-def _config(recipe_dict: dict, prefix: str = "") -> dict:
+def _config(recipe_dict: dict) -> dict:
     """The recipe flattened to "section.field": value, lists as JSON text (what every tracker takes)."""
-    out = {}
-    for k, v in recipe_dict.items():
-        if isinstance(v, dict):
-            out.update(_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
-    return out
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in flatten(recipe_dict).items()}
 
 
 def _numbers(row: dict) -> dict[str, float]:

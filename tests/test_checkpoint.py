@@ -21,6 +21,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_raw
+
 from cordlite.recipe import recipe_from_dict
 from cordlite.train.checkpoint import (
     _join_optimizer,
@@ -87,12 +89,7 @@ class _Payload:
 @pytest.fixture(scope="module")
 def two_step_run(tiny_model_dir, tiny_manifest, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpt")
-    raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
-           "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-           "data": {"train_manifest": str(tiny_manifest), "instruction": "Answer the question."},
-           "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3}, "optim": {"lr": 1e-2},
-           "train": {"max_steps": 2, "batch_size": 1, "micro_batch_size": 1, "seed": 0},
-           "output": {"dir": str(tmp / "run"), "progress": False, "save_every": 1, "keep_last": 2}}
+    raw = tiny_raw(tiny_model_dir, tiny_manifest, tmp / "run", steps=2, output={"keep_last": 2})
     train(recipe_from_dict(raw))
     return raw, tmp / "run"
 

@@ -16,6 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import tiny_raw
+
 from cordlite.recipe import recipe_from_dict
 from cordlite.train.trainer import train
 
@@ -23,18 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _raw(model_dir: Path, manifest: Path, out: Path, steps: int) -> dict:
-    return {
-        "model": {"name_or_path": str(model_dir), "device": "cpu"},
-        "quantization": {"mode": "none"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"train_manifest": str(manifest), "instruction": "Answer the question."},
-        "rollout": {"max_new_tokens": 6, "group_size": 2},
-        "loss": {"top_k": 3},
-        "optim": {"lr": 1e-2},
-        # global batch 4 = 2 ranks x 2 prompts = 1 rank x 2 micro-batches of 2
-        "train": {"max_steps": steps, "batch_size": 4, "micro_batch_size": 2, "seed": 3},
-        "output": {"dir": str(out), "progress": False, "save_every": 1, "keep_last": 5},
-    }
+    # global batch 4 = 2 ranks x 2 prompts = 1 rank x 2 micro-batches of 2
+    return tiny_raw(model_dir, manifest, out, steps=steps, rollout={"max_new_tokens": 6},
+                    train={"batch_size": 4, "micro_batch_size": 2, "seed": 3}, output={"keep_last": 5})
 
 
 def _metrics(run: Path) -> list[dict]:

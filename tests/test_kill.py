@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from conftest import tiny_raw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,12 +77,7 @@ def test_sigkill_at_five_points_then_resume_equals_an_unbroken_run(tiny_model_di
     from safetensors.torch import load_file
 
     def recipe(out: Path) -> Path:
-        raw = {"model": {"name_or_path": str(tiny_model_dir), "device": "cpu"}, "quantization": {"mode": "none"},
-               "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-               "data": {"train_manifest": str(tiny_manifest), "instruction": "Answer the question."},
-               "rollout": {"max_new_tokens": 4, "group_size": 2}, "loss": {"top_k": 3}, "optim": {"lr": 1e-2},
-               "train": {"max_steps": STEPS, "batch_size": 1, "micro_batch_size": 1, "seed": 0},
-               "output": {"dir": str(out), "progress": False, "save_every": 1, "keep_last": 2}}
+        raw = tiny_raw(tiny_model_dir, tiny_manifest, out, steps=STEPS, output={"keep_last": 2})
         path = tmp_path / f"{out.name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         return path

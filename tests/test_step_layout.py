@@ -12,23 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny_raw
+
 from cordlite.recipe import recipe_from_dict
 from cordlite.train import trainer as trainer_module
 from cordlite.train.trainer import train
 
 
 def _raw(model_dir: Path, manifest: Path, out: Path, **train_fields) -> dict:
-    return {
-        "model": {"name_or_path": str(model_dir), "device": "cpu"},
-        "quantization": {"mode": "none"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-        "data": {"train_manifest": str(manifest), "instruction": "Answer the question."},
-        "rollout": {"max_new_tokens": 6, "group_size": 2},
-        "loss": {"top_k": 3},
-        "optim": {"lr": 1e-2},
-        "train": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 1, "seed": 1, **train_fields},
-        "output": {"dir": str(out), "progress": False, "save_every": 1, "keep_last": 5},
-    }
+    return tiny_raw(model_dir, manifest, out, steps=2, rollout={"max_new_tokens": 6},
+                    train={"batch_size": 4, "seed": 1, **train_fields}, output={"keep_last": 5})
 
 
 def _metrics(run: Path) -> list[dict]:

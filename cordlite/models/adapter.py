@@ -72,6 +72,9 @@ def check_adapter_files(adapter_dir: str | Path) -> None:
     from safetensors import SafetensorError, safe_open
 
     adapter_dir = Path(adapter_dir)
+    seen = _stamp(adapter_dir)
+    if seen in _CHECKED:  # eval and resume check before they load, and loading checks again: read once
+        return
     fix = "re-save it, or pass the run's adapter/ or an intact checkpoints/step_N/adapter"
     config_path = adapter_dir / "adapter_config.json"
     try:
@@ -100,6 +103,18 @@ def check_adapter_files(adapter_dir: str | Path) -> None:
         raise AdapterError(f"{weights}: not a readable safetensors file ({str(e)[:120]}); {fix}") from None
     if not names:
         raise AdapterError(f"{weights}: holds no tensors; {fix}")
+    _CHECKED.add(seen)
+
+
+# Adapters this process has checked, each by its files' (name, size, modification time) and those of
+# the metadata recording their digests: a file changed since is checked again.
+_CHECKED: set[tuple] = set()
+
+
+def _stamp(adapter_dir: Path) -> tuple:
+    files = [*(sorted(adapter_dir.iterdir()) if adapter_dir.is_dir() else []), adapter_dir.parent / "state.json"]
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return (str(adapter_dir.resolve()), tuple(stats))
 
 
 def _short(e: BaseException, limit: int = 240) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from cordlite.config import Recipe
 from cordlite.files import sha256_file, write_text_atomic
 from cordlite.recipe import recipe_to_dict
+from cordlite.schema import flatten
 
 # Fields that may differ on resume, with the reason.
 SAFE = {
@@ -46,16 +47,6 @@ SAFE = {
     "judge.cache": "a path of the judge's verdict cache",
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".model")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _cache_file() -> Path:

@@ -22,7 +22,8 @@ from cordlite.config import Recipe
 from cordlite.lock import LockError, writer_lock
 from cordlite.train.checkpoint import CheckpointError, clean_checkpoints, intact_checkpoint, unmarked_steps
 from cordlite.train.distributed import Dist
-from cordlite.train.identity import SAFE, differences, flatten, run_identity, safe_changes
+from cordlite.schema import flatten
+from cordlite.train.identity import SAFE, differences, run_identity, safe_changes
 
 
 class TrainError(RuntimeError):
